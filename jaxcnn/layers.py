@@ -1,0 +1,290 @@
+"""Blocks shared by several families of networks.
+
+Conventions used everywhere in jaxcnn:
+
+* Images are NHWC. Parameters are float32; computation runs in the module's ``dtype``.
+* BatchNorm keeps its running statistics in the ``batch_stats`` collection. ``momentum`` is
+  Flax's (the weight of the old value): PyTorch's default ``momentum=0.1`` is ``0.9`` here,
+  Keras' ``momentum=0.99`` is ``0.99``. In train mode both frameworks normalise with the biased
+  batch variance, so train-mode outputs agree; PyTorch updates its running variance with the
+  unbiased estimate, Flax with the biased one (a factor n/(n-1) on the update only).
+* ``axis_name`` on BatchNorm makes the batch statistics cross-replica under ``pmap``; under
+  ``jit`` with shardings the statistics are global without it.
+* Padding is written out explicitly as PyTorch does (``((p, p), (p, p))``); ``"SAME"`` is the
+  TensorFlow/Keras rule (extra padding at the bottom/right for even kernels and strides).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+PaddingLike = str | int | Sequence[tuple[int, int]]
+
+# Flax initialisers matching the reference frameworks' defaults are chosen per family; these are
+# the ones used most.
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+"""He initialisation used by torchvision's ResNet, VGG, MobileNet and EfficientNet convolutions."""
+
+
+def pair_padding(padding: PaddingLike) -> str | Sequence[tuple[int, int]]:
+    """Turns PyTorch's symmetric ``padding=p`` into Flax's ``((p, p), (p, p))``."""
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    return padding
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Rounds a channel count to a multiple of ``divisor`` without losing more than 10%.
+
+    The rule of the TensorFlow MobileNet/EfficientNet code, used by torchvision, timm and Keras.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return int(rounded)
+
+
+class ConvBN(nn.Module):
+    """Convolution, optional BatchNorm, optional activation: the unit most networks repeat.
+
+    ``padding`` is an int (PyTorch's symmetric padding), a Flax padding spec or ``"SAME"``.
+    ``norm`` is a BatchNorm partial (see :func:`batch_norm`) or ``None`` for no normalisation.
+    """
+
+    features: int
+    kernel_size: int | tuple[int, int] = 3
+    strides: int | tuple[int, int] = 1
+    padding: PaddingLike = 0
+    groups: int = 1
+    use_bias: bool = False
+    norm: Callable[..., nn.Module] | None = None
+    act: Callable[[jax.Array], jax.Array] | None = nn.relu
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        k = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
+        s = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+        x = nn.Conv(
+            self.features,
+            k,
+            strides=s,
+            padding=pair_padding(self.padding),
+            feature_group_count=self.groups,
+            use_bias=self.use_bias,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
+        if self.norm is not None:
+            x = self.norm(name="bn")(x, use_running_average=not train)
+        if self.act is not None:
+            x = self.act(x)
+        return x
+
+
+def batch_norm(
+    *,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    use_scale: bool = True,
+    axis_name: str | None = None,
+    dtype: Dtype = jnp.float32,
+) -> Callable[..., nn.BatchNorm]:
+    """A BatchNorm partial. Defaults are PyTorch's (momentum 0.1 in its convention, eps 1e-5).
+
+    Keras networks use ``momentum=0.99, epsilon=1e-3`` (``1.001e-5`` in its ResNet/DenseNet).
+    """
+    return functools.partial(
+        nn.BatchNorm,
+        momentum=momentum,
+        epsilon=epsilon,
+        use_scale=use_scale,
+        axis_name=axis_name,
+        dtype=dtype,
+    )
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): global pool, bottleneck, gate each channel.
+
+    ``reduced`` is the bottleneck width (callers compute it: ``channels // 16`` in SENet,
+    ``make_divisible(channels // 4)`` in MobileNetV3, ``in_channels * 0.25`` in EfficientNet).
+    The two 1x1 layers are convolutions with bias, as in every released port.
+    """
+
+    reduced: int
+    act: Callable[[jax.Array], jax.Array] = nn.relu
+    gate: Callable[[jax.Array], jax.Array] = nn.sigmoid
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = nn.Conv(self.reduced, (1, 1), dtype=self.dtype, name="reduce")(s)
+        s = self.act(s)
+        s = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name="expand")(s)
+        return x * self.gate(s)
+
+
+def local_response_norm(
+    x: jax.Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0
+) -> jax.Array:
+    """Local response normalisation across channels, PyTorch/Caffe convention.
+
+    ``b_c = a_c / (k + alpha / size * sum_{c' in window(c)} a_{c'}^2) ** beta``, the window being
+    ``size`` channels centred on ``c`` (zero-padded at the ends). Note that Caffe and PyTorch
+    divide ``alpha`` by ``size``; the AlexNet paper's formula does not (its alpha is 1e-4 with
+    size 5 in Caffe's scaling).
+    """
+    sq = jnp.square(x.astype(jnp.float32))
+    lo = size // 2
+    hi = (size - 1) // 2
+    padded = jnp.pad(sq, [(0, 0)] * (x.ndim - 1) + [(lo, hi)])
+    window = jax.lax.reduce_window(
+        padded, 0.0, jax.lax.add, (1,) * (x.ndim - 1) + (size,), (1,) * x.ndim, "VALID"
+    )
+    div = jnp.power(k + alpha / size * window, beta)
+    return (x.astype(jnp.float32) / div).astype(x.dtype)
+
+
+def max_pool(
+    x: jax.Array,
+    window: int,
+    stride: int,
+    padding: int = 0,
+    *,
+    ceil_mode: bool = False,
+) -> jax.Array:
+    """Max pooling with PyTorch's ``padding`` and ``ceil_mode`` semantics.
+
+    With ``ceil_mode`` the output size rounds up, but (as in PyTorch) a last window that would
+    start entirely in the right/bottom padding is dropped.
+    """
+    pads = []
+    for size in x.shape[1:3]:
+        out = _pool_out_size(size, window, stride, padding, ceil_mode)
+        extra = max(0, (out - 1) * stride + window - size - 2 * padding)
+        pads.append((padding, padding + extra))
+    return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
+
+
+def _pool_out_size(size: int, window: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    span = size + 2 * padding - window
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def avg_pool(
+    x: jax.Array,
+    window: int,
+    stride: int,
+    padding: int = 0,
+    *,
+    count_include_pad: bool = True,
+    ceil_mode: bool = False,
+) -> jax.Array:
+    """Average pooling with PyTorch semantics (``count_include_pad`` defaults to True there).
+
+    With ``ceil_mode`` the extra bottom/right cells are never counted, as in PyTorch.
+    """
+    pads = []
+    for size in x.shape[1:3]:
+        out = _pool_out_size(size, window, stride, padding, ceil_mode)
+        extra = max(0, (out - 1) * stride + window - size - 2 * padding)
+        pads.append((padding, padding + extra))
+    summed = jax.lax.reduce_window(
+        x, jnp.array(0, x.dtype), jax.lax.add, (1, window, window, 1), (1, stride, stride, 1),
+        [(0, 0), *pads, (0, 0)],
+    )
+    ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+    if count_include_pad:
+        # The symmetric padding counts, the ceil-mode overhang does not.
+        ones = jnp.pad(ones, [(0, 0), (padding, padding), (padding, padding), (0, 0)],
+                       constant_values=1)
+        pads = [(0, p[1] - padding) for p in pads]
+    counts = jax.lax.reduce_window(
+        ones, jnp.array(0, x.dtype), jax.lax.add, (1, window, window, 1), (1, stride, stride, 1),
+        [(0, 0), *pads, (0, 0)],
+    )
+    return summed / counts
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: int | tuple[int, int]) -> jax.Array:
+    """PyTorch's ``AdaptiveAvgPool2d``: cell i averages rows floor(i*H/n) to ceil((i+1)*H/n)."""
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    h, w = x.shape[1:3]
+    if (h, w) == (oh, ow):
+        return x
+    if h % oh == 0 and w % ow == 0:
+        return nn.avg_pool(x, (h // oh, w // ow), (h // oh, w // ow))
+
+    def bounds(n_in: int, n_out: int) -> list[tuple[int, int]]:
+        return [(i * n_in // n_out, -(-(i + 1) * n_in // n_out)) for i in range(n_out)]
+
+    rows = [jnp.mean(x[:, a:b], axis=1) for a, b in bounds(h, oh)]
+    x = jnp.stack(rows, axis=1)
+    cols = [jnp.mean(x[:, :, a:b], axis=2) for a, b in bounds(w, ow)]
+    return jnp.stack(cols, axis=2)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """Mean over the spatial axes: NHWC to NC."""
+    return jnp.mean(x, axis=(1, 2))
+
+
+class InputShapeError(ValueError):
+    """An image batch the network cannot take (wrong rank or too small)."""
+
+
+def check_image(
+    x: jax.Array, *, min_size: int, model: str, channels: int | None = None, fixed: bool = False
+) -> None:
+    """Raises a clear error for inputs that are not NHWC batches the network admits.
+
+    ``fixed`` means the network takes exactly ``min_size`` pixels (a flatten before a dense
+    layer with no adaptive pooling, as in LeNet-5).
+    """
+    if x.ndim != 4:
+        hint = " Add a batch axis: x[None]." if x.ndim == 3 else ""
+        raise InputShapeError(
+            f"{model} takes a batch of images shaped (N, H, W, C) (NHWC); got shape "
+            f"{tuple(x.shape)} with rank {x.ndim}.{hint}"
+        )
+    h, w = x.shape[1:3]
+    if fixed and (h, w) != (min_size, min_size):
+        raise InputShapeError(
+            f"{model} takes images of exactly {min_size}x{min_size} pixels; got {h}x{w}. "
+            f"Resize or pad the input to {min_size}x{min_size}."
+        )
+    if h < min_size or w < min_size:
+        raise InputShapeError(
+            f"{model} needs images of at least {min_size}x{min_size} pixels (the minimum size "
+            f"its downsampling admits); got {h}x{w}. Resize the input to {min_size}x{min_size} "
+            f"or larger."
+        )
+    if channels is not None and x.shape[-1] != channels:
+        raise InputShapeError(
+            f"{model} takes images with {channels} channel(s) in the last (NHWC) axis; got "
+            f"shape {tuple(x.shape)}. Channels go last: transpose NCHW with "
+            f"x.transpose(0, 2, 3, 1)."
+        )
+
+
+def dense_head(
+    x: jax.Array, num_classes: int, *, dtype: Dtype, name: str = "head",
+    kernel_init: Callable = nn.initializers.lecun_normal(),
+) -> jax.Array:
+    """The final classifier: logits are returned in float32 whatever the compute dtype."""
+    x = nn.Dense(num_classes, dtype=dtype, kernel_init=kernel_init, name=name)(x)
+    return x.astype(jnp.float32)
