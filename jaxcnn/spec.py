@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
+from jaxcnn.weights import Converter
+
 
 @dataclasses.dataclass(frozen=True)
 class Published:
@@ -29,10 +31,11 @@ class Published:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A registered variant: its builder, default input, the reference it follows, its figures."""
+    """A registered variant: builder, default input, the reference it follows, figures, converters."""
 
     builder: Callable[..., nn.Module]
     input_shape: tuple[int, int, int]
     reference: str
     num_classes: int = 1000
     published: tuple[Published, ...] = ()
+    converters: tuple[Converter, ...] = ()

@@ -1,0 +1,87 @@
+"""Shared blocks against independent references (NumPy written here, or PyTorch)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import layers
+
+
+def _lrn_numpy(x, size, alpha, beta, k):
+    """Caffe/PyTorch LRN across channels, written from the formula, one channel at a time."""
+    c = x.shape[-1]
+    out = np.empty_like(x)
+    for i in range(c):
+        lo, hi = max(0, i - size // 2), min(c, i + (size - 1) // 2 + 1)
+        s = np.sum(x[..., lo:hi] ** 2, axis=-1)
+        out[..., i] = x[..., i] / (k + alpha / size * s) ** beta
+    return out
+
+
+@pytest.mark.parametrize("size", [5, 4, 3])
+def test_local_response_norm_matches_numpy(size):
+    x = np.random.default_rng(0).normal(size=(2, 3, 4, 11)).astype(np.float32) * 3
+    got = layers.local_response_norm(jnp.asarray(x), size=size, alpha=1e-2, beta=0.75, k=2.0)
+    np.testing.assert_allclose(got, _lrn_numpy(x, size, 1e-2, 0.75, 2.0), rtol=1e-5)
+
+
+def test_make_divisible_matches_reference_values():
+    # Channel counts of torchvision MobileNetV2 at width 0.35 / 1.4 (its printed architecture).
+    assert layers.make_divisible(32 * 0.35) == 16
+    assert layers.make_divisible(1280 * 1.4) == 1792
+    assert layers.make_divisible(24 * 0.35) == 8
+
+
+@pytest.mark.parametrize("size,window,stride,padding", [
+    (13, 3, 2, 0), (14, 3, 2, 0), (55, 3, 2, 0), (7, 3, 2, 1), (28, 2, 2, 0), (15, 3, 3, 0),
+])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_pooling_matches_pytorch(size, window, stride, padding, ceil_mode):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = np.random.default_rng(1).normal(size=(2, 3, size, size)).astype(np.float32)
+    xt = torch.from_numpy(x)
+    nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
+    ref = F.max_pool2d(xt, window, stride, padding, ceil_mode=ceil_mode).numpy()
+    got = layers.max_pool(nhwc, window, stride, padding, ceil_mode=ceil_mode)
+    np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), ref, rtol=1e-6)
+    for include in (True, False):
+        ref = F.avg_pool2d(xt, window, stride, padding, ceil_mode=ceil_mode,
+                           count_include_pad=include).numpy()
+        got = layers.avg_pool(nhwc, window, stride, padding, ceil_mode=ceil_mode,
+                              count_include_pad=include)
+        np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), ref, rtol=1e-5,
+                                   atol=1e-6)
+
+
+@pytest.mark.parametrize("size,out", [(7, 7), (13, 6), (5, 6), (9, 4), (224, 7), (1, 3)])
+def test_adaptive_avg_pool_matches_pytorch(size, out):
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(2).normal(size=(2, 3, size, size + 1)).astype(np.float32)
+    ref = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), out).numpy()
+    got = layers.adaptive_avg_pool(jnp.asarray(x.transpose(0, 2, 3, 1)), out)
+    np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_check_image_errors_say_the_fix():
+    with pytest.raises(layers.InputShapeError, match=r"x\[None\]"):
+        layers.check_image(jnp.zeros((32, 32, 3)), min_size=32, model="Net")
+    with pytest.raises(layers.InputShapeError, match="at least 32x32"):
+        layers.check_image(jnp.zeros((1, 31, 40, 3)), min_size=32, model="Net")
+    with pytest.raises(layers.InputShapeError, match="exactly 32x32"):
+        layers.check_image(jnp.zeros((1, 33, 33, 1)), min_size=32, model="Net", fixed=True)
+    with pytest.raises(layers.InputShapeError, match="transpose"):
+        layers.check_image(jnp.zeros((1, 3, 32, 32)), min_size=3, model="Net", channels=3)
+
+
+def test_squeeze_excite_gates_channels():
+    se = layers.SqueezeExcite(reduced=2)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 8))
+    variables = se.init(jax.random.key(1), x)
+    y = se.apply(variables, x)
+    ratio = np.asarray(y / x)
+    # One gate per (image, channel), in (0, 1), the same at every pixel.
+    assert np.allclose(ratio, ratio[:, :1, :1, :], atol=1e-5)
+    assert np.all((ratio > 0) & (ratio < 1))
+    assert sum(p.size for p in jax.tree_util.tree_leaves(variables)) == 8 * 2 + 2 + 2 * 8 + 8

@@ -1,0 +1,110 @@
+"""Every registered model, once: shapes, dtypes, modes, BatchNorm state, input checks.
+
+Each model runs for real at its smallest admissible input (batch 2, 7 classes), so the suite
+stays fast while every layer executes in both train and eval mode.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcnn
+
+ALL = jaxcnn.list_models()
+NUM_CLASSES = 7
+
+
+def _small_input(name, batch=2, size=None):
+    info = jaxcnn.model_info(name)
+    size = info.min_size if size is None else size
+    x = jax.random.normal(jax.random.key(1), (batch, size, size, info.input_shape[-1]))
+    return x
+
+
+def _rngs(seed=0):
+    return {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_runs_in_train_and_eval_mode(name):
+    model = jaxcnn.create_model(name, num_classes=NUM_CLASSES)
+    x = _small_input(name)
+
+    @jax.jit
+    def run(x):
+        variables = model.init(_rngs(), x, train=False)
+        eval_logits = model.apply(variables, x, train=False)
+        train_logits, updates = model.apply(
+            variables, x, train=True, rngs={"dropout": jax.random.key(2)},
+            mutable=["batch_stats"],
+        )
+        return variables, eval_logits, train_logits, updates
+
+    variables, eval_logits, train_logits, updates = run(x)
+    for logits in (eval_logits, train_logits):
+        assert logits.shape == (2, NUM_CLASSES)
+        assert logits.dtype == jnp.float32
+        assert np.all(np.isfinite(np.asarray(logits)))
+
+    # BatchNorm statistics move in train mode, and only there: eval needs no mutable state.
+    stats = variables.get("batch_stats")
+    if stats:
+        before = jax.tree_util.tree_leaves(stats)
+        after = jax.tree_util.tree_leaves(updates["batch_stats"])
+        assert len(before) == len(after)
+        assert any(not np.allclose(a, b) for a, b in zip(before, after)), "stats did not change"
+    else:
+        assert not updates.get("batch_stats")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bfloat16_compute_keeps_float32_params(name):
+    model = jaxcnn.create_model(name, num_classes=NUM_CLASSES, dtype=jnp.bfloat16)
+    x = jax.ShapeDtypeStruct((2, *_small_input(name).shape[1:]), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(_rngs(), x, train=False), x)
+    dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables["params"])}
+    assert dtypes == {jnp.dtype(jnp.float32)}
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    assert logits.shape == (2, NUM_CLASSES) and logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_default_input_gives_default_classes(name):
+    """At its published input size a variant builds and outputs its default number of classes."""
+    info = jaxcnn.model_info(name)
+    model = jaxcnn.create_model(name)
+    x = jax.ShapeDtypeStruct((1, *info.input_shape), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(_rngs(), x, train=False), x)
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    assert logits.shape == (1, info.num_classes)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_too_small_input_names_the_minimum(name):
+    info = jaxcnn.model_info(name)
+    model = jaxcnn.create_model(name)
+    m = info.min_size
+    x = jax.ShapeDtypeStruct((1, m - 1, m - 1, info.input_shape[-1]), jnp.float32)
+    with pytest.raises(jaxcnn.InputShapeError, match=f"{m}x{m}"):
+        jax.eval_shape(lambda x: model.init(_rngs(), x, train=False), x)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_wrong_rank_is_rejected(name):
+    info = jaxcnn.model_info(name)
+    model = jaxcnn.create_model(name)
+    x = jax.ShapeDtypeStruct(info.input_shape, jnp.float32)  # no batch axis
+    with pytest.raises(jaxcnn.InputShapeError, match="NHWC"):
+        jax.eval_shape(lambda x: model.init(_rngs(), x, train=False), x)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_headless_model_returns_pooled_features(name):
+    """num_classes=0 drops the classifier (timm's convention), for use as a backbone."""
+    model = jaxcnn.create_model(name, num_classes=0)
+    x = jax.ShapeDtypeStruct((2, *_small_input(name).shape[1:]), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(_rngs(), x, train=False), x)
+    feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    assert feats.ndim == 2 and feats.shape[0] == 2 and feats.shape[1] > 0
+    assert feats.dtype == jnp.float32

@@ -1,0 +1,165 @@
+"""The converter machinery on a small network: formats, layouts, and mismatch errors."""
+
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from jaxcnn import weights
+from jaxcnn.weights import Converter, WeightMismatchError
+
+
+class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        x = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="conv")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
+        x = nn.relu(x).mean(axis=(1, 2))
+        return nn.Dense(3, name="fc")(x)
+
+
+TORCH_NAMES = {"0": "conv", "1": "bn", "2": "fc"}
+BN = {"weight": "params/bn/scale", "bias": "params/bn/bias", "running_mean": "batch_stats/bn/mean",
+      "running_var": "batch_stats/bn/var"}
+
+
+def _rename(key):
+    layer, leaf = key.split(".")
+    if leaf == "num_batches_tracked":
+        return None
+    if layer == "1":
+        return BN[leaf]
+    return f"params/{TORCH_NAMES[layer]}/{'kernel' if leaf == 'weight' else 'bias'}"
+
+
+CONV = Converter(source="torchvision", reference="tiny", rename=_rename)
+
+
+def _template():
+    return jax.eval_shape(lambda: Tiny().init(jax.random.key(0), np.zeros((1, 8, 8, 2)), train=False))
+
+
+def _state(rng):
+    return {
+        "0.weight": rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
+        "1.weight": rng.standard_normal(4).astype(np.float32),
+        "1.bias": rng.standard_normal(4).astype(np.float32),
+        "1.running_mean": rng.standard_normal(4).astype(np.float32),
+        "1.running_var": rng.random(4).astype(np.float32) + 0.5,
+        "1.num_batches_tracked": np.array(3),
+        "2.weight": rng.standard_normal((3, 4)).astype(np.float32),
+        "2.bias": rng.standard_normal(3).astype(np.float32),
+    }
+
+
+def test_torch_layouts_match_pytorch_outputs():
+    torch = pytest.importorskip("torch")
+    ref = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1, bias=False),
+                              torch.nn.BatchNorm2d(4))
+    fc = torch.nn.Linear(4, 3)
+    state = {**{k: v.numpy() for k, v in ref.state_dict().items()},
+             **{f"2.{k}": v.detach().numpy() for k, v in fc.state_dict().items()}}
+    with torch.no_grad():
+        ref[1].running_mean.normal_()
+        ref[1].running_var.uniform_(0.5, 1.5)
+        state.update({k: v.numpy() for k, v in ref.state_dict().items()})
+        x = np.random.default_rng(0).standard_normal((2, 8, 8, 2)).astype(np.float32)
+        ref.eval()
+        out = fc(torch.relu(ref(torch.from_numpy(x.transpose(0, 3, 1, 2)))).mean(dim=(2, 3)))
+    variables = weights.convert(state, _template(), CONV)
+    ours = Tiny().apply(variables, x, train=False)
+    np.testing.assert_allclose(ours, out.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_missing_unexpected_and_misshapen_arrays_are_all_named():
+    state = _state(np.random.default_rng(0))
+    del state["1.running_var"]
+    state["2.weight"] = np.zeros((5, 4), np.float32)
+    state["9.weight"] = np.zeros(3, np.float32)
+    TORCH_NAMES["9"] = "extra"
+    try:
+        with pytest.raises(WeightMismatchError) as err:
+            weights.convert(state, _template(), CONV)
+    finally:
+        del TORCH_NAMES["9"]
+    text = str(err.value)
+    assert "batch_stats/bn/var" in text  # missing
+    assert "9.weight" in text  # unexpected
+    assert "2.weight (5, 4)" in text  # wrong shape
+    assert "params/fc/kernel" in text  # its target is then missing too
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_files_read_without_torch(tmp_path, suffix):
+    """safetensors and npz files are read in a process where importing torch fails."""
+    state = _state(np.random.default_rng(1))
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".npz":
+        np.savez(path, **state)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(state, str(path))
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from jaxcnn import weights\n"
+        f"s = weights.load_state_dict({str(path)!r})\n"
+        "print(sorted(s), s['0.weight'].shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "'2.bias'" in out.stdout and "(4, 2, 3, 3)" in out.stdout
+
+
+def test_torch_file_and_wrapped_checkpoint(tmp_path):
+    torch = pytest.importorskip("torch")
+    state = _state(np.random.default_rng(2))
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": {f"module.{k}": torch.from_numpy(np.asarray(v))
+                               for k, v in state.items()}}, path)
+    loaded = weights.load_state_dict(path)
+    assert sorted(loaded) == sorted(state)
+    np.testing.assert_array_equal(loaded["0.weight"], state["0.weight"])
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_keras_weights_files_read_in_both_formats(tmp_path, legacy):
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(3)
+    arrays = {"c1/kernel": rng.standard_normal((3, 3, 2, 4)), "c1/bias": rng.standard_normal(4),
+              "bn/gamma": rng.standard_normal(4), "bn/beta": rng.standard_normal(4),
+              "bn/moving_mean": rng.standard_normal(4), "bn/moving_variance": rng.random(4),
+              "dw/depthwise_kernel": rng.standard_normal((3, 3, 4, 1))}
+    path = tmp_path / ("legacy.h5" if legacy else "w.weights.h5")
+    with h5py.File(path, "w") as f:
+        if legacy:  # keras.applications download layout
+            f.attrs["layer_names"] = [b"c1", b"bn", b"dw"]
+            for layer in ("c1", "bn", "dw"):
+                names = [k for k in arrays if k.startswith(layer + "/")]
+                g = f.create_group(layer)
+                g.attrs["weight_names"] = [f"{n}:0".encode() for n in names]
+                for n in names:
+                    g[f"{n}:0"] = arrays[n]
+        else:  # Keras 3 model.save_weights layout: groups by layer type, real name in attrs
+            for group, layer, names in (
+                ("conv2d", "c1", ["kernel", "bias"]),
+                ("batch_normalization", "bn", ["gamma", "beta", "moving_mean", "moving_variance"]),
+                ("depthwise_conv2d", "dw", ["depthwise_kernel"]),
+            ):
+                v = f.create_group(f"layers/{group}/vars")
+                v.attrs["name"] = layer
+                for i, n in enumerate(names):
+                    v[str(i)] = arrays[f"{layer}/{n}"]
+    loaded = weights.load_keras_weights(str(path))
+    assert sorted(loaded) == sorted(arrays)
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(loaded[k], v)
+
+
+def test_unknown_format_is_named(tmp_path):
+    path = tmp_path / "w.onnx"
+    path.write_bytes(b"x")
+    with pytest.raises(ValueError, match="safetensors"):
+        weights.load_state_dict(path)
