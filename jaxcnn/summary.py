@@ -123,7 +123,9 @@ def _trace(model, input_shape, overrides) -> tuple[list[LayerRow], Any]:
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         mod = context.module
-        if context.method_name != "__call__" or mod._state.children:
+        # A leaf layer has no submodules (its children are only variable names).
+        has_submodules = any(isinstance(c, nn.Module) for c in mod._state.children.values())
+        if context.method_name != "__call__" or has_submodules:
             return out
         path = "/".join(mod.path)
         if path in seen:
