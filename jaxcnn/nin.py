@@ -1,3 +1,94 @@
-"""Placeholder: this family is being written."""
+"""Network in Network for CIFAR-10 (Lin, Chen, Yan).
 
-MODELS: dict = {}
+M. Lin, Q. Chen, S. Yan, "Network in network", ICLR 2014.
+
+Three "mlpconv" stages, each a spatial convolution followed by two 1x1 convolutions (the
+paper's cascaded cross-channel parametric pooling), all with bias and ReLU; 3x3/2 max pooling
+and dropout 0.5 after the first stage, 3x3/2 average pooling and dropout 0.5 after the second.
+The last 1x1 convolution has one map per class (also followed by ReLU, as in the paper's Caffe
+model) and global average pooling replaces the fully connected classifier.
+
+This follows imgclsmob's ``nin_cifar10`` (the source of the exact count; the paper gives none),
+whose pools use padding 1 with floor rounding (averages counting the zero padding, PyTorch's
+default), where the paper's Caffe model pools without padding and rounds up: both give
+16x16 and 8x8 maps from 32x32, but the windows are shifted by one pixel. imgclsmob ends with
+an 8x8 average pool; global average pooling is the same at 32x32 and lets any size through.
+
+============  ===========================================  =========
+variant       network (reference followed)                 params
+============  ===========================================  =========
+nin_cifar10   192-160-96 / 192-192-192 / 192-192-10         966,986
+============  ===========================================  =========
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxcnn import layers
+from jaxcnn.spec import ModelSpec, Published
+
+Dtype = Any
+
+# torch.nn.init.kaiming_uniform_ with its defaults, as imgclsmob initialises every convolution.
+_kaiming_uniform = nn.initializers.variance_scaling(2.0, "fan_in", "uniform")
+
+
+class NIN(nn.Module):
+    """Network in Network: mlpconv stages separated by pool + dropout, then a 1x1 class conv.
+
+    ``stages[i]`` lists the widths of stage i's convolutions: the first has kernel
+    ``first_kernels[i]`` (padded to keep the size), the others are 1x1.
+    """
+
+    stages: tuple[tuple[int, ...], ...] = ((192, 160, 96), (192, 192, 192), (192, 192))
+    first_kernels: tuple[int, ...] = (5, 5, 3)
+    dropout_rate: float = 0.5
+    num_classes: int = 10
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None  # no BatchNorm; kept so every model accepts it
+
+    # Padded 3x3/2 pools keep at least one pixel and the head pools globally.
+    min_size = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        layers.check_image(x, min_size=self.min_size, model="NIN")
+        x = x.astype(self.dtype)
+        conv = functools.partial(nn.Conv, kernel_init=_kaiming_uniform, dtype=self.dtype)
+        for i, (widths, kernel) in enumerate(zip(self.stages, self.first_kernels)):
+            if i == 1:
+                x = layers.max_pool(x, 3, 2, padding=1)
+            elif i >= 2:
+                x = layers.avg_pool(x, 3, 2, padding=1)
+            if i >= 1:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            for j, width in enumerate(widths):
+                k = kernel if j == 0 else 1
+                x = conv(width, (k, k), padding=layers.pair_padding((k - 1) // 2),
+                         name=f"stage{i + 1}_unit{j + 1}")(x)
+                x = nn.relu(x)
+        features = layers.global_avg_pool(x.astype(jnp.float32))
+        self.sow("intermediates", "pre_logits", features)
+        if self.num_classes == 0:
+            return features
+        x = nn.relu(conv(self.num_classes, (1, 1), padding="VALID", name="head")(x))
+        return layers.global_avg_pool(x.astype(jnp.float32))
+
+
+MODELS: dict[str, ModelSpec] = {
+    "nin_cifar10": ModelSpec(
+        builder=NIN,
+        input_shape=(32, 32, 3),
+        num_classes=10,
+        reference="imgclsmob (pytorchcv) nin_cifar10",
+        published=(
+            Published(966_986, "params", "imgclsmob gluon README, nin_cifar10"),
+        ),
+    ),
+}

@@ -1,3 +1,150 @@
-"""Placeholder: this family is being written."""
+"""SqueezeNet 1.0 and 1.1 (Iandola et al.), exactly as torchvision builds them.
 
-MODELS: dict = {}
+F. Iandola, S. Han, M. Moskewicz, K. Ashraf, W. Dally, K. Keutzer, "SqueezeNet: AlexNet-level
+accuracy with 50x fewer parameters and <0.5MB model size", arXiv:1602.07360, 2016.
+
+A stem convolution, eight Fire modules (a 1x1 "squeeze" convolution feeding parallel 1x1 and 3x3
+"expand" convolutions whose outputs are concatenated, 1x1 first), 3x3/2 max pools that round
+their output size up (Caffe's rule, PyTorch's ``ceil_mode=True``), and a classifier made of
+dropout 0.5, a 1x1 convolution with one map per class, ReLU, and global average pooling.
+Every convolution has a bias and is followed by ReLU.
+
+Version 1.0 is the paper's (Table 1: 1,248,424 parameters before pruning): a 7x7/2 stem with 96
+maps and pools after the stem, fire4 and fire8. Version 1.1 (from the authors' repository)
+has a 3x3/2 stem with 64 maps and pools after the stem, fire3 and fire5, for 2.4x less
+computation at the same accuracy. Names follow the paper (``conv1``, ``fire2`` ... ``fire9``);
+the classifier convolution (the paper's conv10) is ``head``.
+
+==============  =================================  ==========  =======
+variant         reference                           params      GMACs
+==============  =================================  ==========  =======
+squeezenet1_0   torchvision ``squeezenet1_0``       1,248,424     0.819
+squeezenet1_1   torchvision ``squeezenet1_1``       1,235,496     0.349
+==============  =================================  ==========  =======
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxcnn import layers
+from jaxcnn.spec import ModelSpec, Published
+
+Dtype = Any
+
+# torch.nn.init.kaiming_uniform_ with its defaults, as torchvision initialises these convolutions.
+_kaiming_uniform = nn.initializers.variance_scaling(2.0, "fan_in", "uniform")
+
+# (squeeze, expand 1x1, expand 3x3) of fire2 ... fire9, the same in both versions.
+FIRES: tuple[tuple[int, int, int], ...] = (
+    (16, 64, 64), (16, 64, 64), (32, 128, 128), (32, 128, 128),
+    (48, 192, 192), (48, 192, 192), (64, 256, 256), (64, 256, 256),
+)
+
+
+def _pooled_size(size: int) -> int:
+    """Output size of a 3x3/2 max pool with ``ceil_mode`` (0 when the input is too small)."""
+    out = -(-(size - 3) // 2) + 1
+    if (out - 1) * 2 >= size:
+        out -= 1
+    return max(out, 0)
+
+
+class Fire(nn.Module):
+    """Fire module: 1x1 squeeze, then 1x1 and 3x3 expand convolutions concatenated (all ReLU)."""
+
+    squeeze: int
+    expand1x1: int
+    expand3x3: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        conv = functools.partial(nn.Conv, kernel_init=_kaiming_uniform, dtype=self.dtype)
+        x = nn.relu(conv(self.squeeze, (1, 1), padding="VALID", name="squeeze")(x))
+        a = nn.relu(conv(self.expand1x1, (1, 1), padding="VALID", name="expand1x1")(x))
+        b = nn.relu(conv(self.expand3x3, (3, 3), padding=layers.pair_padding(1),
+                         name="expand3x3")(x))
+        return jnp.concatenate([a, b], axis=-1)
+
+
+class SqueezeNet(nn.Module):
+    """SqueezeNet: stem conv, Fire modules between ceil-mode max pools, 1x1 conv classifier.
+
+    ``pool_after`` names the Fire modules (numbered from 2, as in the paper) followed by a max
+    pool; the stem is always followed by one.
+    """
+
+    stem_features: int
+    stem_kernel: int
+    pool_after: tuple[int, ...]
+    fires: tuple[tuple[int, int, int], ...] = FIRES
+    dropout_rate: float = 0.5
+    num_classes: int = 1000
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None  # no BatchNorm; kept so every model accepts it
+
+    def _feature_size(self, size: int) -> int:
+        size = _pooled_size(max((size - self.stem_kernel) // 2 + 1, 0))
+        for _ in self.pool_after:
+            size = _pooled_size(size)
+        return size
+
+    @property
+    def min_size(self) -> int:
+        """The smallest square input for which the stem and every pool keep a pixel."""
+        return next(n for n in range(1, 1024) if self._feature_size(n) >= 1)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        layers.check_image(x, min_size=self.min_size, model="SqueezeNet")
+        x = x.astype(self.dtype)
+        x = nn.Conv(self.stem_features, (self.stem_kernel,) * 2, strides=(2, 2),
+                    padding="VALID", kernel_init=_kaiming_uniform, dtype=self.dtype,
+                    name="conv1")(x)
+        x = layers.max_pool(nn.relu(x), 3, 2, ceil_mode=True)
+        for number, widths in enumerate(self.fires, start=2):
+            x = Fire(*widths, dtype=self.dtype, name=f"fire{number}")(x)
+            if number in self.pool_after:
+                x = layers.max_pool(x, 3, 2, ceil_mode=True)
+        features = layers.global_avg_pool(x.astype(jnp.float32))
+        self.sow("intermediates", "pre_logits", features)
+        if self.num_classes == 0:
+            return features
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Conv(self.num_classes, (1, 1), padding="VALID",
+                    kernel_init=nn.initializers.normal(0.01), dtype=self.dtype, name="head")(x)
+        return layers.global_avg_pool(nn.relu(x).astype(jnp.float32))
+
+
+_TV = "torchvision 0.29.1 SqueezeNet{}_Weights meta"
+MODELS: dict[str, ModelSpec] = {
+    "squeezenet1_0": ModelSpec(
+        builder=functools.partial(SqueezeNet, stem_features=96, stem_kernel=7,
+                                  pool_after=(4, 8)),
+        input_shape=(224, 224, 3),
+        reference="torchvision 0.29.1 models.squeezenet1_0",
+        published=(
+            Published(1_248_424, "params", "Iandola et al. 2016, Table 1; "
+                      + _TV.format("1_0") + " num_params"),
+            Published(0.819, "gmacs", _TV.format("1_0") + " _ops"),
+            Published(58.092, "top1", _TV.format("1_0") + " acc@1"),
+        ),
+    ),
+    "squeezenet1_1": ModelSpec(
+        builder=functools.partial(SqueezeNet, stem_features=64, stem_kernel=3,
+                                  pool_after=(3, 5)),
+        input_shape=(224, 224, 3),
+        reference="torchvision 0.29.1 models.squeezenet1_1",
+        published=(
+            Published(1_235_496, "params", _TV.format("1_1") + " num_params"),
+            Published(0.349, "gmacs", _TV.format("1_1") + " _ops"),
+            Published(58.178, "top1", _TV.format("1_1") + " acc@1"),
+        ),
+    ),
+}

@@ -1,3 +1,134 @@
-"""Placeholder: this family is being written."""
+"""VGG-11/13/16/19, with and without BatchNorm, exactly as torchvision builds them.
 
-MODELS: dict = {}
+K. Simonyan, A. Zisserman, "Very deep convolutional networks for large-scale image
+recognition", ICLR 2015 (configurations A, B, D, E of its Table 1).
+
+Five stages of 3x3 convolutions (padding 1, with bias) and ReLU, each closed by a 2x2/2 max
+pool; then a 7x7 adaptive average pool (the identity at 224x224), and the classifier
+fc1 4096 - ReLU - dropout 0.5 - fc2 4096 - ReLU - dropout 0.5 - head. The ``_bn`` variants are
+torchvision's: BatchNorm (eps 1e-5, PyTorch momentum 0.1) between each convolution and its
+ReLU, the convolution keeping its bias (imgclsmob's BN-VGG drops it).
+
+The paper's configurations A-LRN and C (with 1x1 convolutions) are not in torchvision and not
+registered. Keras' VGG16 and VGG19 are the same networks without dropout layers and without the
+adaptive pool (their counts equal torchvision's); Keras flattens the final 7x7x512 maps in HWC
+order, as this module does, while torchvision flattens CHW (a weight converter permutes fc1's
+rows). Layer names follow Keras (``block1_conv1`` ... ``fc1``, ``fc2``); the classifier is
+``head``.
+
+========  ======  ============  ========  ============
+variant   config  params        variant   params
+========  ======  ============  ========  ============
+vgg11     A       132,863,336   vgg11_bn  132,868,840
+vgg13     B       133,047,848   vgg13_bn  133,053,736
+vgg16     D       138,357,544   vgg16_bn  138,365,992
+vgg19     E       143,667,240   vgg19_bn  143,678,248
+========  ======  ============  ========  ============
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxcnn import layers
+from jaxcnn.spec import ModelSpec, Published
+
+Dtype = Any
+
+# Convolutions per stage of each configuration (Table 1 of the paper).
+STAGE_SIZES: dict[int, tuple[int, ...]] = {
+    11: (1, 1, 2, 2, 2),
+    13: (2, 2, 2, 2, 2),
+    16: (2, 2, 3, 3, 3),
+    19: (2, 2, 4, 4, 4),
+}
+
+
+class VGG(nn.Module):
+    """VGG: stages of 3x3 conv (+BN) + ReLU closed by max pooling, then three dense layers."""
+
+    stage_sizes: tuple[int, ...]
+    widths: tuple[int, ...] = (64, 128, 256, 512, 512)
+    batch_norm: bool = False
+    hidden: int = 4096
+    dropout_rate: float = 0.5
+    num_classes: int = 1000
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    @property
+    def min_size(self) -> int:
+        """Each stage halves the input (floor), so every pool keeps a pixel from 2**stages."""
+        return 2 ** len(self.stage_sizes)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        layers.check_image(x, min_size=self.min_size, model="VGG")
+        x = x.astype(self.dtype)
+        norm = None
+        if self.batch_norm:
+            norm = layers.batch_norm(axis_name=self.axis_name, dtype=self.dtype)
+        for stage, (convs, width) in enumerate(zip(self.stage_sizes, self.widths), start=1):
+            for i in range(1, convs + 1):
+                x = layers.ConvBN(
+                    width, 3, padding=1, use_bias=True, norm=norm,
+                    kernel_init=layers.kaiming_normal_fan_out, dtype=self.dtype,
+                    name=f"block{stage}_conv{i}",
+                )(x, train=train)
+            x = nn.max_pool(x, (2, 2), (2, 2))
+        x = layers.adaptive_avg_pool(x, 7)
+        x = x.reshape(x.shape[0], -1)
+
+        dense_init = nn.initializers.normal(0.01)
+        for name in ("fc1", "fc2"):
+            x = nn.Dense(self.hidden, kernel_init=dense_init, dtype=self.dtype, name=name)(x)
+            x = nn.relu(x)
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = x.astype(jnp.float32)
+        self.sow("intermediates", "pre_logits", x)
+        if self.num_classes == 0:
+            return x
+        return layers.dense_head(x, self.num_classes, dtype=self.dtype, kernel_init=dense_init)
+
+
+_TV = "torchvision 0.29.1 {}_Weights meta"
+# depth: (params, GMACs, top-1) without BN, then with BN, from torchvision's Weights meta.
+_TV_FIGURES = {
+    11: ((132_863_336, 7.609, 69.020), (132_868_840, 7.609, 70.370)),
+    13: ((133_047_848, 11.308, 69.928), (133_053_736, 11.308, 71.586)),
+    16: ((138_357_544, 15.470, 71.592), (138_365_992, 15.470, 73.360)),
+    19: ((143_667_240, 19.632, 72.376), (143_678_248, 19.632, 74.218)),
+}
+_KERAS_TOTAL = {16: 138_357_544, 19: 143_667_240}
+
+
+def _spec(depth: int, batch_norm: bool) -> ModelSpec:
+    name = f"vgg{depth}" + ("_bn" if batch_norm else "")
+    params, gmacs, top1 = _TV_FIGURES[depth][batch_norm]
+    source = _TV.format(f"VGG{depth}" + ("_BN" if batch_norm else ""))
+    published = [
+        Published(params, "params", f"{source} num_params"),
+        Published(gmacs, "gmacs", f"{source} _ops"),
+        Published(top1, "top1", f"{source} acc@1"),
+    ]
+    if depth in _KERAS_TOTAL and not batch_norm:
+        published.append(Published(_KERAS_TOTAL[depth], "keras_total",
+                                   f"keras.io Applications table, VGG{depth}"))
+    return ModelSpec(
+        builder=functools.partial(VGG, stage_sizes=STAGE_SIZES[depth], batch_norm=batch_norm),
+        input_shape=(224, 224, 3),
+        reference=f"torchvision 0.29.1 models.{name}",
+        published=tuple(published),
+    )
+
+
+MODELS: dict[str, ModelSpec] = {
+    f"vgg{depth}{suffix}": _spec(depth, bool(suffix))
+    for depth in STAGE_SIZES
+    for suffix in ("", "_bn")
+}
