@@ -13,7 +13,8 @@ Version 1.0 is the paper's (Table 1: 1,248,424 parameters before pruning): a 7x7
 maps and pools after the stem, fire4 and fire8. Version 1.1 (from the authors' repository)
 has a 3x3/2 stem with 64 maps and pools after the stem, fire3 and fire5, for 2.4x less
 computation at the same accuracy. Names follow the paper (``conv1``, ``fire2`` ... ``fire9``);
-the classifier convolution (the paper's conv10) is ``head``.
+the classifier convolution (the paper's conv10) is ``head``. Both variants read torchvision's
+weights (:func:`torchvision_rename`); the layouts need no fix beyond the generic OIHW -> HWIO.
 
 ==============  =================================  ==========  =======
 variant         reference                           params      GMACs
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 
 from jaxcnn import layers
 from jaxcnn.spec import ModelSpec, Published
+from jaxcnn.weights import Converter
 
 Dtype = Any
 
@@ -122,6 +124,43 @@ class SqueezeNet(nn.Module):
         return layers.global_avg_pool(nn.relu(x).astype(jnp.float32))
 
 
+# --- Weight converters ------------------------------------------------------------------------
+
+_TV_LEAVES = {"weight": "kernel", "bias": "bias"}
+
+
+@functools.lru_cache(maxsize=None)
+def _torchvision_modules(pool_after: tuple[int, ...]) -> dict[str, str]:
+    """torchvision's ``features.<i>``/``classifier.<i>`` prefix of each of our modules.
+
+    torchvision's ``features`` is conv, ReLU, pool, then the Fire modules with a pool after
+    those named in ``pool_after``; ``classifier`` is dropout, conv, ReLU, pool.
+    """
+    table, index = {"features.0": "conv1", "classifier.1": "head"}, 3
+    for number in range(2, 2 + len(FIRES)):
+        table[f"features.{index}"] = f"fire{number}"
+        index += 2 if number in pool_after else 1
+    return table
+
+
+def torchvision_rename(key: str, *, pool_after: tuple[int, ...]) -> str | None:
+    """torchvision ``squeezenet1_0``/``1_1`` keys (``features.3.squeeze.weight``) to ours.
+
+    Bound to a variant with ``functools.partial(torchvision_rename, pool_after=(4, 8))``:
+    torchvision's indices depend on where the pools are.
+    """
+    *module, leaf = key.split(".")
+    ours = _torchvision_modules(pool_after).get(".".join(module[:2]))
+    if ours is None:
+        return f"unknown/{key}"  # not torchvision's SqueezeNet: reported as unexpected
+    return "/".join(["params", ours, *module[2:], _TV_LEAVES.get(leaf, leaf)])
+
+
+def _converters(name: str, pool_after: tuple[int, ...]) -> tuple[Converter, ...]:
+    return (Converter("torchvision", name,
+                      functools.partial(torchvision_rename, pool_after=pool_after)),)
+
+
 _TV = "torchvision 0.29.1 SqueezeNet{}_Weights meta"
 MODELS: dict[str, ModelSpec] = {
     "squeezenet1_0": ModelSpec(
@@ -135,6 +174,7 @@ MODELS: dict[str, ModelSpec] = {
             Published(0.819, "gmacs", _TV.format("1_0") + " _ops"),
             Published(58.092, "top1", _TV.format("1_0") + " acc@1"),
         ),
+        converters=_converters("squeezenet1_0", (4, 8)),
     ),
     "squeezenet1_1": ModelSpec(
         builder=functools.partial(SqueezeNet, stem_features=64, stem_kernel=3,
@@ -146,5 +186,6 @@ MODELS: dict[str, ModelSpec] = {
             Published(0.349, "gmacs", _TV.format("1_1") + " _ops"),
             Published(58.178, "top1", _TV.format("1_1") + " acc@1"),
         ),
+        converters=_converters("squeezenet1_1", (3, 5)),
     ),
 }

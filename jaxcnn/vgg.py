@@ -14,7 +14,9 @@ registered. Keras' VGG16 and VGG19 are the same networks without dropout layers 
 adaptive pool (their counts equal torchvision's); Keras flattens the final 7x7x512 maps in HWC
 order, as this module does, while torchvision flattens CHW (a weight converter permutes fc1's
 rows). Layer names follow Keras (``block1_conv1`` ... ``fc1``, ``fc2``); the classifier is
-``head``.
+``head``. Every variant reads torchvision's weights (:func:`torchvision_rename`, with
+:func:`jaxcnn.alexnet.torch_flatten_fix` for fc1); ``vgg16`` and ``vgg19`` also read Keras'
+``VGG16``/``VGG19`` (:func:`keras_rename`, no fix: Keras flattens HWC too).
 
 ========  ======  ============  ========  ============
 variant   config  params        variant   params
@@ -36,7 +38,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
+from jaxcnn.alexnet import torch_flatten_fix
 from jaxcnn.spec import ModelSpec, Published
+from jaxcnn.weights import Converter
 
 Dtype = Any
 
@@ -96,6 +100,69 @@ class VGG(nn.Module):
         return layers.dense_head(x, self.num_classes, dtype=self.dtype, kernel_init=dense_init)
 
 
+# --- Weight converters ------------------------------------------------------------------------
+
+_LEAVES = {
+    "conv": {"weight": "params/{}/kernel", "kernel": "params/{}/kernel", "bias": "params/{}/bias"},
+    "bn": {"weight": "params/{}/scale", "bias": "params/{}/bias",
+           "running_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var"},
+}
+_TV_CLASSIFIER = {"0": "fc1", "3": "fc2", "6": "head"}
+
+
+def _leaf(module: str, leaf: str) -> str:
+    leaves = _LEAVES["bn" if module.endswith("/bn") else "conv"]
+    return leaves.get(leaf, "params/{}/" + leaf).format(module)
+
+
+@functools.lru_cache(maxsize=None)
+def _torchvision_features(stage_sizes: tuple[int, ...], batch_norm: bool) -> dict[str, str]:
+    """torchvision's ``features.<i>`` index of each convolution and BatchNorm, for one config.
+
+    torchvision's Sequential holds conv (, BN), ReLU per convolution and a max pool per stage.
+    """
+    table, index = {}, 0
+    for stage, convs in enumerate(stage_sizes, start=1):
+        for i in range(1, convs + 1):
+            table[str(index)] = f"block{stage}_conv{i}/conv"
+            if batch_norm:
+                table[str(index + 1)] = f"block{stage}_conv{i}/bn"
+            index += 3 if batch_norm else 2
+        index += 1
+    return table
+
+
+def torchvision_rename(key: str, *, depth: int, batch_norm: bool) -> str | None:
+    """torchvision ``vgg<depth>[_bn]`` state-dict keys to our variable paths.
+
+    Bound to a variant with ``functools.partial(torchvision_rename, depth=16, batch_norm=False)``:
+    torchvision's layer indices depend on the configuration.
+    """
+    parts = key.split(".")
+    if len(parts) != 3:
+        return f"unknown/{key}"  # not torchvision's VGG: reported as unexpected
+    part, index, leaf = parts
+    if leaf == "num_batches_tracked":
+        return None
+    table = (_torchvision_features(STAGE_SIZES[depth], batch_norm) if part == "features"
+             else _TV_CLASSIFIER if part == "classifier" else {})
+    module = table.get(index, f"unknown/{part}.{index}")
+    return _leaf(module, leaf)
+
+
+def keras_rename(key: str) -> str | None:
+    """Keras ``VGG16``/``VGG19`` names (``block1_conv1/kernel``, ``fc1/bias``) to ours."""
+    parts = key.split("/")
+    if len(parts) != 2:
+        return f"unknown/{key}"  # not Keras' VGG: reported as unexpected
+    layer, leaf = parts
+    if layer.startswith("block"):
+        layer = f"{layer}/conv"
+    elif layer == "predictions":
+        layer = "head"
+    return _leaf(layer, leaf)
+
+
 _TV = "torchvision 0.29.1 {}_Weights meta"
 # depth: (params, GMACs, top-1) without BN, then with BN, from torchvision's Weights meta.
 _TV_FIGURES = {
@@ -116,14 +183,21 @@ def _spec(depth: int, batch_norm: bool) -> ModelSpec:
         Published(gmacs, "gmacs", f"{source} _ops"),
         Published(top1, "top1", f"{source} acc@1"),
     ]
+    converters = [Converter(
+        "torchvision", name,
+        functools.partial(torchvision_rename, depth=depth, batch_norm=batch_norm),
+        fix=functools.partial(torch_flatten_fix, first_dense="classifier.0.weight", channels=512),
+    )]
     if depth in _KERAS_TOTAL and not batch_norm:
         published.append(Published(_KERAS_TOTAL[depth], "keras_total",
                                    f"keras.io Applications table, VGG{depth}"))
+        converters.append(Converter("keras", f"VGG{depth}", keras_rename))
     return ModelSpec(
         builder=functools.partial(VGG, stage_sizes=STAGE_SIZES[depth], batch_norm=batch_norm),
         input_shape=(224, 224, 3),
         reference=f"torchvision 0.29.1 models.{name}",
         published=tuple(published),
+        converters=tuple(converters),
     )
 
 

@@ -219,7 +219,11 @@ def convert(
     filled: dict[str, np.ndarray] = {}
     unexpected, misshapen, duplicated = [], [], []
     for key, value in state_dict.items():
-        target = converter.rename(key)
+        try:
+            target = converter.rename(key)
+        except (ValueError, KeyError, IndexError):  # a name of another scheme or framework
+            unexpected.append(key)
+            continue
         if target is None:
             continue
         if target not in flat_template:
@@ -282,10 +286,10 @@ def load_pretrained(
     default, every converter the variant declares is tried on the arrays' names and the one
     that accounts for all of them is used.
     """
-    from jaxcnn import summary
+    from jaxcnn.summary import init_shapes
 
     state = load_state_dict(source)
-    template = summary.init_shapes(name, input_shape, **overrides)
+    template = init_shapes(name, input_shape, **overrides)
     candidates = [c for c in converters_for(name) if from_ is None or c.source == from_]
     if not candidates:
         raise WeightMismatchError(
