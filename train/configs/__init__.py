@@ -1,0 +1,5 @@
+"""Training configurations: plain ``get_config()`` functions returning a :class:`Config`."""
+
+from train.configs.default import Config, ConfigError, Recipe, get_config, recipe_for
+
+__all__ = ["Config", "ConfigError", "Recipe", "get_config", "recipe_for"]

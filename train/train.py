@@ -1,0 +1,905 @@
+"""Training library: train state, optimizer, the jit/pmap train and eval steps, and the loop.
+
+``train_and_evaluate(config)`` runs a whole training; everything it uses is importable on its
+own (``resolve_config``, ``create_optimizer``, ``make_train_step``, ``JitParallel``, ...), as
+in the Flax ImageNet example.
+
+Data parallelism comes in two forms that compute the same thing:
+
+* ``jit`` (default): one ``jax.jit`` program over a ``Mesh`` of every device; the batch is
+  sharded along the mesh's ``data`` axis, the state replicated. BatchNorm statistics are means
+  over the whole (global) batch because the program is written for the global batch.
+* ``pmap``: ``jax.pmap`` with ``axis_name="batch"``; networks are built with
+  ``axis_name="batch"`` so BatchNorm averages its statistics across replicas, and gradients and
+  metrics are ``pmean``-ed.
+
+Mixed precision: the network computes in ``config.dtype`` (bfloat16 on accelerators); parameters,
+optimizer state, logits and the loss stay float32. The loop never waits for the device except
+to fetch metrics every ``log_every`` steps and at evaluations.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib
+import itertools
+import os
+import sys
+import time
+import warnings
+from typing import Any, Callable, Iterable, Iterator
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import jaxcnn
+from train import checkpoints as checkpoints_lib
+from train import metrics as metrics_lib
+from train.configs.default import DATASET_EPOCHS, Config, ConfigError, recipe_for
+
+# CPUs cannot donate buffers; the warning says so on every compilation and means nothing here.
+warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+
+# Peak rate per 256 images and weight decay of an optimizer picked against the recipe's
+# (e.g. --optimizer adamw for a ResNet): the recipe's numbers belong to its own optimizer.
+OPTIMIZER_DEFAULTS: dict[str, tuple[float, float]] = {
+    "sgd": (0.1, 1e-4),
+    "nesterov": (0.1, 1e-4),
+    "rmsprop": (0.016, 1e-5),
+    "adamw": (1e-3, 0.05),
+    "lars": (0.3, 1e-6),
+    "lamb": (1e-3, 0.05),
+}
+OPTIMIZER_EPS = {"adamw": 1e-8, "rmsprop": 1e-3, "lamb": 1e-6}
+
+
+# --------------------------------------------------------------------------------------------
+# Processes and devices.
+# --------------------------------------------------------------------------------------------
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def initialize_distributed(config: Config) -> bool:
+    """Calls ``jax.distributed.initialize`` for multi-process runs; True if it did.
+
+    Flags win over ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID``.
+    Must run before anything touches a device.
+    """
+    coordinator = config.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    num = config.num_processes if config.num_processes is not None else _env_int(
+        "JAX_NUM_PROCESSES")
+    pid = config.process_id if config.process_id is not None else _env_int("JAX_PROCESS_ID")
+    if coordinator is None and num is None and pid is None:
+        return False
+    if coordinator is None or num is None or pid is None:
+        raise ConfigError(
+            "A multi-process run needs all three of --coordinator HOST:PORT, --num-processes N "
+            "and --process-id I (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, "
+            f"$JAX_PROCESS_ID); got coordinator={coordinator!r}, num_processes={num!r}, "
+            f"process_id={pid!r}.")
+    if not 0 <= pid < num:
+        raise ConfigError(f"--process-id must be in [0, {num}); got {pid}.")
+    if jax.distributed.is_initialized():
+        return True
+    # CPU devices need a collectives implementation to talk across processes.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num,
+                                   process_id=pid)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"jax.distributed.initialize failed ({err}). It must run before any JAX "
+            f"computation, and every process must reach the coordinator at {coordinator}."
+        ) from err
+    return True
+
+
+def run_once(jitted: Callable[[], Any]) -> Any:
+    """Compiles and runs a function of no arguments that runs once (the initialisation).
+
+    On CPU, LLVM's optimisations take most of the compile time of an initialisation (its many
+    random initialisers) and buy nothing for a single run: they are turned off for it.
+    """
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    return jitted.lower().compile(compiler_options=options)()
+
+
+class JitParallel:
+    """``jax.jit`` over a ``Mesh`` of all devices: batch sharded on ``data``, state replicated."""
+
+    name = "jit"
+    axis_name = None
+
+    def __init__(self, devices: list[jax.Device] | None = None):
+        self.devices = list(devices or jax.devices())
+        self.mesh = Mesh(np.asarray(self.devices), ("data",))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.data = NamedSharding(self.mesh, P("data"))
+
+    @property
+    def device_count(self) -> int:
+        return len(self.devices)
+
+    def init_state(self, init_fn: Callable[[], Any]) -> Any:
+        return run_once(jax.jit(init_fn, out_shardings=self.replicated))
+
+    def abstract_state(self, init_fn: Callable[[], Any]) -> Any:
+        """Shapes, dtypes and the replicated sharding of the state, for restoring into."""
+        shapes = jax.eval_shape(init_fn)
+        return jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's share of a global batch -> one global array sharded over ``data``."""
+        return {k: jax.make_array_from_process_local_data(self.data, np.asarray(v))
+                for k, v in batch.items()}
+
+    def compile_train(self, step_fn: Callable) -> Callable:
+        return jax.jit(step_fn, in_shardings=(self.replicated, self.data),
+                       out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+
+    def compile_eval(self, eval_fn: Callable) -> Callable:
+        return jax.jit(eval_fn, in_shardings=(self.replicated, self.data),
+                       out_shardings=self.replicated)
+
+    def fetch(self, tree: Any) -> Any:
+        """Replicated device values -> NumPy (one copy, the local one)."""
+        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+    def to_checkpoint(self, state: Any) -> Any:
+        return state
+
+    def from_checkpoint(self, state: Any) -> Any:
+        return state
+
+
+class PmapParallel(JitParallel):
+    """``jax.pmap`` with ``axis_name="batch"`` over this process's devices (all of them)."""
+
+    name = "pmap"
+    axis_name = "batch"
+
+    def __init__(self, devices: list[jax.Device] | None = None):
+        super().__init__(devices)
+        self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+        self.stacked = NamedSharding(Mesh(np.asarray(self.local_devices), ("devices",)),
+                                     P("devices"))
+
+    def _replicate(self, host_tree: Any) -> Any:
+        n = len(self.local_devices)
+        return jax.tree.map(
+            lambda x: jax.device_put(np.stack([np.asarray(x)] * n), self.stacked), host_tree)
+
+    def init_state(self, init_fn: Callable[[], Any]) -> Any:
+        return self._replicate(jax.device_get(run_once(jax.jit(init_fn))))
+
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        n = len(self.local_devices)
+        return {k: jax.device_put(np.asarray(v).reshape(n, -1, *v.shape[1:]), self.stacked)
+                for k, v in batch.items()}
+
+    def compile_train(self, step_fn: Callable) -> Callable:
+        return jax.pmap(step_fn, axis_name=self.axis_name, donate_argnums=(0,))
+
+    def compile_eval(self, eval_fn: Callable) -> Callable:
+        return jax.pmap(eval_fn, axis_name=self.axis_name)
+
+    def fetch(self, tree: Any) -> Any:
+        # Every replica holds the same value (pmean-ed); take this process's first.
+        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
+
+    def to_checkpoint(self, state: Any) -> Any:
+        """Stacked replicas -> one global array replicated over all devices (what jit uses)."""
+        host = self.fetch(state)
+        return jax.tree.map(
+            lambda x: jax.make_array_from_callback(x.shape, self.replicated, lambda i: x[i]), host)
+
+    def from_checkpoint(self, state: Any) -> Any:
+        return self._replicate(jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state))
+
+
+def make_parallel(name: str) -> JitParallel:
+    return {"jit": JitParallel, "pmap": PmapParallel}[name]()
+
+
+def check_divisible(batch_size: int, flag: str, device_count: int, process_count: int) -> None:
+    """Raises :class:`ConfigError` unless ``batch_size`` splits evenly over the devices."""
+    for count, what in ((device_count, f"{device_count} devices (jax.device_count())"),
+                        (process_count, f"{process_count} processes")):
+        if batch_size % count:
+            lower = batch_size // count * count
+            options = " or ".join(str(b) for b in (lower, lower + count) if b > 0)
+            raise ConfigError(
+                f"{flag} {batch_size} cannot be split evenly over the {what}: pass a multiple "
+                f"of {count} such as {options}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration.
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A resolved config and the numbers derived from it and the dataset."""
+
+    config: Config
+    info: Any  # train.input_pipeline.DatasetInfo
+    steps_per_epoch: int
+    total_steps: int  # the schedule's length in batches: epochs x steps_per_epoch
+    last_step: int  # where this run stops: total_steps or --max-steps
+    eval_steps: int  # eval batches covering the eval split once
+    data_channels: int
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, self.total_steps // self.config.grad_accum)
+
+
+def _model_info(arch: str, model_factory: Callable | None):
+    if model_factory is not None:
+        return None
+    return jaxcnn.model_info(arch)  # raises UnknownModelError listing close names
+
+
+def eval_steps_for(num_eval: int, global_batch_size: int, process_count: int) -> int:
+    """Eval batches per process: the largest even share of the split, in local batches."""
+    largest_share = -(-num_eval // process_count)
+    return -(-largest_share // (global_batch_size // process_count))
+
+
+def resolve_config(config: Config, info: Any, *, model_factory: Callable | None = None,
+                   device_count: int | None = None, process_count: int | None = None) -> Plan:
+    """Fills every "auto" (``None``) field from the dataset, the network and its recipe."""
+    config.validate()
+    device_count = device_count or jax.device_count()
+    process_count = process_count or jax.process_count()
+    minfo = _model_info(config.arch, model_factory)
+    arch = minfo.name if minfo else config.arch  # aliases resolve: senet -> seresnet50
+    recipe = recipe_for(arch)
+    c = config
+
+    optimizer = c.optimizer or recipe.optimizer
+    base_lr, base_wd = ((recipe.base_lr, recipe.weight_decay) if optimizer == recipe.optimizer
+                        else OPTIMIZER_DEFAULTS[optimizer])
+    batch_size = c.batch_size or recipe.batch_size
+    epochs = c.epochs or DATASET_EPOCHS.get(c.dataset, recipe.epochs)
+    schedule = c.schedule or recipe.schedule
+
+    num_classes = c.num_classes or info.num_classes
+    if num_classes < info.num_classes:
+        raise ConfigError(f"--num-classes {num_classes} is fewer than the {info.num_classes} "
+                          f"classes of {c.dataset}; omit it or pass at least {info.num_classes}.")
+    data_h, data_w, data_c = info.image_shape
+    channels = c.channels or (minfo.input_shape[2] if minfo else data_c)
+    if channels != data_c and {channels, data_c} != {1, 3}:
+        raise ConfigError(f"--channels {channels} cannot be made from {c.dataset}'s {data_c}-"
+                          f"channel images (only grayscale <-> RGB is converted).")
+    min_size = minfo.min_size if minfo else 1
+    native = max(data_h or 0, data_w or 0) or (minfo.input_shape[0] if minfo else 224)
+    auto_size = max(native, min_size)
+    default = minfo.input_shape[0] if minfo else 0
+    if native < default and default >= 64 and default % 32 == 0:
+        # Small images for a 224x224 network (total stride 32): 28x28 digits run at 32x32.
+        auto_size = -(-auto_size // 32) * 32
+    image_size = c.image_size or auto_size
+    if image_size < min_size:
+        raise ConfigError(
+            f"--image-size {image_size} is smaller than the {min_size}x{min_size} minimum that "
+            f"{arch} admits (its downsampling would shrink the image to nothing); pass "
+            f"--image-size {min_size} or more, or omit it to use {auto_size}.")
+
+    dtype = c.dtype
+    if dtype == "auto":
+        dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    eval_batch_size = c.eval_batch_size or batch_size
+    check_divisible(batch_size, "--batch-size", device_count, process_count)
+    if c.eval_batch_size is None and eval_batch_size % device_count:
+        eval_batch_size = -(-eval_batch_size // device_count) * device_count
+    check_divisible(eval_batch_size, "--eval-batch-size", device_count, process_count)
+
+    resolved = c.replace(
+        arch=arch,
+        num_classes=num_classes,
+        image_size=image_size,
+        channels=channels,
+        dtype=dtype,
+        aux_weight=c.aux_weight if c.aux_weight is not None else recipe.aux_weight,
+        epochs=epochs,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        optimizer=optimizer,
+        lr=c.lr if c.lr is not None else base_lr * batch_size * c.grad_accum / 256,
+        opt_eps=c.opt_eps if c.opt_eps is not None else OPTIMIZER_EPS.get(optimizer),
+        schedule=schedule,
+        warmup_epochs=(c.warmup_epochs if c.warmup_epochs is not None
+                       else min(recipe.warmup_epochs, epochs / 10)),
+        lr_decay_factor=c.lr_decay_factor or (0.1 if schedule == "step" else 0.97),
+        lr_decay_epochs=c.lr_decay_epochs or (epochs / 3 if schedule == "step" else 2.4),
+        weight_decay=c.weight_decay if c.weight_decay is not None else base_wd,
+        label_smoothing=(c.label_smoothing if c.label_smoothing is not None
+                         else recipe.label_smoothing),
+        ema_decay=c.ema_decay if c.ema_decay is not None else recipe.ema_decay,
+        workdir=c.workdir or os.path.join("runs", f"{arch}_{c.dataset}"),
+    )
+    steps_per_epoch = info.num_train // batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(f"--batch-size {batch_size} is larger than the {info.num_train:,} "
+                          f"training images of {c.dataset}; pass a smaller one.")
+    total_steps = epochs * steps_per_epoch
+    last_step = min(total_steps, c.max_steps) if c.max_steps else total_steps
+    return Plan(config=resolved, info=info, steps_per_epoch=steps_per_epoch,
+                total_steps=total_steps, last_step=last_step,
+                eval_steps=eval_steps_for(info.num_eval, eval_batch_size, process_count),
+                data_channels=data_c)
+
+
+# --------------------------------------------------------------------------------------------
+# Model, state, optimizer.
+# --------------------------------------------------------------------------------------------
+def build_model(config: Config, *, axis_name: str | None = None,
+                model_factory: Callable | None = None) -> nn.Module:
+    """The network of a resolved config (with aux heads when ``aux_weight`` > 0)."""
+    factory = model_factory or jaxcnn.create_model
+    kwargs: dict[str, Any] = {"num_classes": config.num_classes, "dtype": DTYPES[config.dtype]}
+    if axis_name is not None:
+        kwargs["axis_name"] = axis_name
+    if config.aux_weight:
+        kwargs["aux_logits"] = True
+    return factory(config.arch, **kwargs)
+
+
+def supports_aux(config: Config, model_factory: Callable | None = None) -> bool:
+    """Whether the network has optional auxiliary classifiers (an ``aux_logits`` field)."""
+    model = (model_factory or jaxcnn.create_model)(config.arch, num_classes=config.num_classes)
+    return dataclasses.is_dataclass(model) and any(
+        f.name == "aux_logits" for f in dataclasses.fields(model))
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (and goes into a checkpoint)."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    ema: Any = None  # {"params", "batch_stats"} averaged, or None without an EMA
+
+    def eval_variables(self) -> dict[str, Any]:
+        """The variables evaluation uses: the EMA weights when there are some."""
+        source = self.ema if self.ema is not None else {"params": self.params,
+                                                        "batch_stats": self.batch_stats}
+        return {k: v for k, v in source.items() if k == "params" or v}
+
+
+def decay_mask(params: Any) -> Any:
+    """True for the arrays weight decay applies to: kernels, not biases or BatchNorm (1-D)."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create_schedule(config: Config, plan_steps_per_epoch: int, num_updates: int) -> optax.Schedule:
+    """Linear warm-up from 0 to ``lr``, then cosine/step/exponential/constant, in updates."""
+    per_epoch = plan_steps_per_epoch / config.grad_accum  # optimizer updates per epoch
+    warmup = int(round(config.warmup_epochs * per_epoch))
+    warmup = min(warmup, num_updates - 1) if num_updates > 1 else 0
+    peak = config.lr
+    if config.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, num_updates, end_value=0.0)
+    if config.schedule == "constant":
+        after = optax.constant_schedule(peak)
+    else:
+        every = max(1, int(round(config.lr_decay_epochs * per_epoch)))
+        after = optax.exponential_decay(peak, every, config.lr_decay_factor,
+                                        staircase=config.schedule == "step")
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def create_optimizer(config: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """The Optax chain: clipping, the optimizer with masked weight decay, accumulation."""
+    name, wd, eps, momentum = (config.optimizer, config.weight_decay, config.opt_eps,
+                               config.momentum)
+    if name in ("sgd", "nesterov"):
+        core = optax.chain(optax.add_decayed_weights(wd, decay_mask),
+                           optax.sgd(schedule, momentum=momentum or None,
+                                     nesterov=name == "nesterov"))
+    elif name == "rmsprop":
+        # TF's RMSProp (MobileNet/EfficientNet): eps inside the root, squares start at 1.
+        core = optax.chain(optax.add_decayed_weights(wd, decay_mask),
+                           optax.rmsprop(schedule, decay=0.9, eps=eps, initial_scale=1.0,
+                                         momentum=momentum or None))
+    elif name == "adamw":
+        core = optax.adamw(schedule, b1=momentum, eps=eps, weight_decay=wd, mask=decay_mask)
+    elif name == "lars":
+        core = optax.lars(schedule, weight_decay=wd, weight_decay_mask=decay_mask,
+                          trust_ratio_mask=decay_mask, momentum=momentum)
+    elif name == "lamb":
+        core = optax.lamb(schedule, b1=momentum, eps=eps, weight_decay=wd, mask=decay_mask)
+    else:
+        raise ConfigError(f"unknown optimizer {name!r}")
+    if config.grad_clip:
+        core = optax.chain(optax.clip_by_global_norm(config.grad_clip), core)
+    if config.grad_accum > 1:
+        return optax.MultiSteps(core, every_k_schedule=config.grad_accum)
+    return core
+
+
+def make_init_fn(model: nn.Module, tx: optax.GradientTransformation, config: Config
+                 ) -> Callable[[], TrainState]:
+    """A function of nothing that builds the initial state (jit it with output shardings)."""
+
+    def init_fn() -> TrainState:
+        key = jax.random.fold_in(jax.random.key(config.seed), 0)
+        params_key, dropout_key = jax.random.split(key)
+        x = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)
+        variables = model.init({"params": params_key, "dropout": dropout_key}, x, train=False)
+        params = variables["params"]
+        batch_stats = variables.get("batch_stats", {})
+        ema = {"params": params, "batch_stats": batch_stats} if config.ema_decay else None
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                          opt_state=tx.init(params), ema=ema)
+
+    return init_fn
+
+
+# --------------------------------------------------------------------------------------------
+# Steps.
+# --------------------------------------------------------------------------------------------
+def adapt_channels(images: jax.Array, channels: int) -> jax.Array:
+    """Grayscale -> RGB by repetition, RGB -> grayscale by the mean, else unchanged."""
+    have = images.shape[-1]
+    if have == channels:
+        return images
+    if have == 1:
+        return jnp.broadcast_to(images, (*images.shape[:-1], channels))
+    return jnp.mean(images, axis=-1, keepdims=True)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy in float32; ``labels`` are ints or soft targets."""
+    targets = (jax.nn.one_hot(labels, num_classes) if labels.ndim == 1
+               else labels.astype(jnp.float32))
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, config: Config, *, axis_name: str | None = None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """One training step on a batch (the global batch under jit, a replica's under pmap)."""
+    k = config.grad_accum
+    aux_weight = config.aux_weight or 0.0
+    mutable = ["batch_stats"] + (["aux_logits"] if aux_weight else [])
+    dropout_root = jax.random.fold_in(jax.random.key(config.seed), 1)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        images = adapt_channels(batch["image"], config.channels)
+        labels = batch["label"]
+        # Per-step (and per-replica) dropout keys: a resumed run draws the same masks.
+        key = jax.random.fold_in(dropout_root, state.step)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+
+        def loss_fn(params):
+            variables = {"params": params}
+            if state.batch_stats:
+                variables["batch_stats"] = state.batch_stats
+            logits, new_vars = model.apply(variables, images, train=True,
+                                           rngs={"dropout": key}, mutable=mutable)
+            ce = cross_entropy(logits, labels, config.num_classes, config.label_smoothing).mean()
+            loss = ce
+            for aux in jax.tree.leaves(new_vars.get("aux_logits", {})):
+                loss = loss + aux_weight * cross_entropy(
+                    aux, labels, config.num_classes, config.label_smoothing).mean()
+            return loss, (ce, logits, new_vars.get("batch_stats", {}))
+
+        (loss, (ce, logits, batch_stats)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        ema = state.ema
+        if ema is not None:
+            n = (state.step // k).astype(jnp.float32)  # updates before this one
+            decay = jnp.minimum(config.ema_decay, (1.0 + n) / (10.0 + n))
+            new = {"params": params, "batch_stats": batch_stats}
+            averaged = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, new)
+            if k > 1:  # only when MultiSteps really updated the weights
+                updated = tx.has_updated(opt_state)
+                averaged = jax.tree.map(lambda a, e: jnp.where(updated, a, e), averaged, ema)
+            ema = averaged
+
+        target = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
+        metrics = {
+            "loss": ce,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == target),
+            "lr": schedule(state.step // k),
+            "grad_norm": optax.global_norm(grads),
+        }
+        if aux_weight:
+            metrics["total_loss"] = loss
+        if axis_name is not None:
+            metrics = jax.lax.pmean(metrics, axis_name)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                                  opt_state=opt_state, ema=ema)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module, config: Config, *, axis_name: str | None = None
+                   ) -> Callable[[dict, dict], dict]:
+    """Sums of loss, top-1 and top-5 hits and real examples (``mask``) over a batch."""
+    top = min(5, config.num_classes)
+
+    def eval_step(variables: dict, batch: dict) -> dict:
+        images = adapt_channels(batch["image"], config.channels)
+        logits = model.apply(variables, images, train=False).astype(jnp.float32)
+        labels = batch["label"]
+        mask = batch["mask"].astype(jnp.float32)
+        ce = cross_entropy(logits, labels, config.num_classes)
+        top1 = jnp.argmax(logits, -1) == labels
+        topk = jnp.any(jax.lax.top_k(logits, top)[1] == labels[:, None], axis=-1)
+        sums = {"loss": jnp.sum(ce * mask), "top1": jnp.sum(top1 * mask),
+                "top5": jnp.sum(topk * mask), "count": jnp.sum(mask)}
+        if axis_name is not None:
+            sums = jax.lax.psum(sums, axis_name)
+        return sums
+
+    return eval_step
+
+
+# --------------------------------------------------------------------------------------------
+# Data.
+# --------------------------------------------------------------------------------------------
+def default_data():
+    """The input pipeline module (``train.input_pipeline``)."""
+    return importlib.import_module("train.input_pipeline")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data seed of an epoch: resuming at any step re-creates the same batches."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def prefetch(iterator: Iterable, put: Callable, size: int = 2) -> Iterator:
+    """Places batches on the devices ``size`` steps ahead of their use."""
+    queue: collections.deque = collections.deque()
+    for item in iterator:
+        queue.append(put(item))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def _empty_batch(plan: Plan) -> dict[str, np.ndarray]:
+    """A fully masked eval batch of this process's shape."""
+    c = plan.config
+    local = c.eval_batch_size // jax.process_count()
+    return {"image": np.zeros((local, c.image_size, c.image_size, plan.data_channels),
+                              np.float32),
+            "label": np.zeros((local,), np.int32), "mask": np.zeros((local,), bool)}
+
+
+def evaluate(state: TrainState, eval_step: Callable, parallel: JitParallel, data: Any,
+             plan: Plan, *, progress: bool = False) -> dict[str, float]:
+    """Loss, top-1 and top-5 over the eval split (each example once, padding masked out)."""
+    c = plan.config
+    iterator = data.eval_iterator(
+        c.dataset, data_dir=c.data_dir, global_batch_size=c.eval_batch_size,
+        image_size=c.image_size, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    variables = state.eval_variables()
+    sums = []
+    multi = jax.process_count() > 1
+    bar = _bar(progress, plan.eval_steps * c.eval_batch_size, "eval", leave=False)
+    for batch in iterator:
+        if multi and len(sums) == plan.eval_steps:
+            # Every process must run the same number of (collective) steps; a longer share
+            # than the even split of num_eval would hang or drop examples: refuse it.
+            if np.any(batch["mask"]):
+                raise RuntimeError(
+                    f"eval_iterator gave process {jax.process_index()} more than the "
+                    f"{plan.eval_steps} batches that {plan.info.num_eval} eval examples split "
+                    f"evenly over {jax.process_count()} processes need.")
+            continue
+        sums.append(eval_step(variables, parallel.put_batch(batch)))
+        bar.update(c.eval_batch_size)
+    if multi:  # a shorter share: pad with fully masked batches
+        for _ in range(plan.eval_steps - len(sums)):
+            sums.append(eval_step(variables, parallel.put_batch(_empty_batch(plan))))
+    bar.close()
+    total = {k: float(sum(v)) for k, v in _stack(parallel.fetch(sums)).items()}
+    count = max(total.pop("count"), 1.0)
+    return {k: v / count for k, v in total.items()} | {"count": count}
+
+
+def _stack(records: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.asarray([r[k] for r in records]) for k in (records[0] if records else {})}
+
+
+# --------------------------------------------------------------------------------------------
+# The loop.
+# --------------------------------------------------------------------------------------------
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _bar(enabled: bool, total: int, desc: str, initial: int = 0, leave: bool = False):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="img", unit_scale=True,
+                leave=leave, dynamic_ncols=True, file=sys.stderr)
+
+
+def _printer(print_fn: Callable[[str], None], progress: bool) -> Callable[[str], None]:
+    """``print_fn`` that clears the progress bars around what it prints."""
+    if not progress:
+        return print_fn
+    from tqdm.auto import tqdm
+
+    def say(text: str) -> None:
+        with tqdm.external_write_mode(file=sys.stderr):
+            print_fn(text)
+
+    return say
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train_and_evaluate` returns."""
+
+    config: Config  # resolved
+    step: int
+    eval_metrics: dict[str, float]
+    params: Any  # NumPy copies of the final weights
+    batch_stats: Any
+    workdir: str
+    resumed_from: int | None
+
+
+def _format_eval(m: dict[str, float], num_classes: int) -> str:
+    text = f"eval loss {m['loss']:.4f} top-1 {100 * m['top1']:.2f}%"
+    if num_classes > 10:
+        text += f" top-5 {100 * m['top5']:.2f}%"
+    return text
+
+
+def train_and_evaluate(config: Config, *, data: Any = None,
+                       model_factory: Callable[..., nn.Module] | None = None,
+                       print_fn: Callable[[str], None] = print) -> TrainResult:
+    """Trains ``config.arch`` on ``config.dataset``, evaluating, logging and checkpointing.
+
+    ``data`` is a module or object with ``dataset_info``, ``train_iterator`` and
+    ``eval_iterator`` (default: ``train.input_pipeline``); ``model_factory(arch, **kwargs)``
+    replaces ``jaxcnn.create_model`` (for networks outside the registry). A workdir with
+    checkpoints resumes from the latest one.
+    """
+    initialize_distributed(config)
+    config.validate()
+    _model_info(config.arch, model_factory)  # an unknown name fails before any data is read
+    data = data or default_data()
+    info = data.dataset_info(config.dataset, config.data_dir)
+    plan = resolve_config(config, info, model_factory=model_factory)
+    c = plan.config
+    if c.aux_weight and not supports_aux(c, model_factory):
+        if config.aux_weight:
+            raise ConfigError(f"--aux-weight {config.aux_weight}: {c.arch} has no auxiliary "
+                              f"classifiers; omit the flag.")
+        c = c.replace(aux_weight=0.0)
+        plan = dataclasses.replace(plan, config=c)
+    is_main = jax.process_index() == 0
+    progress = c.progress and is_main
+    say = _printer(print_fn, progress) if is_main else (lambda *_: None)
+
+    parallel = make_parallel(c.parallel)
+    model = build_model(c, axis_name=parallel.axis_name, model_factory=model_factory)
+    schedule = create_schedule(c, plan.steps_per_epoch, plan.num_updates)
+    tx = create_optimizer(c, schedule)
+    init_fn = make_init_fn(model, tx, c)
+    stored = c.to_dict()
+
+    # Look at existing checkpoints before writing anything into the workdir.
+    ckpts = checkpoints_lib.Checkpoints(os.path.join(c.workdir, "checkpoints"), keep=c.keep)
+    writer = None
+    try:
+        start_step = ckpts.latest_step()
+        try:
+            if start_step is not None:
+                ckpts.check_compatible(start_step, stored)
+                state = parallel.from_checkpoint(
+                    ckpts.restore(start_step, parallel.abstract_state(init_fn)))
+            else:
+                state = parallel.init_state(init_fn)
+        except jaxcnn.InputShapeError as err:
+            raise ConfigError(f"{err} (set by --image-size {c.image_size})") from err
+        start_step = start_step or 0
+        writer = metrics_lib.MetricWriter(c.workdir, enabled=is_main, resume_step=start_step,
+                                          tensorboard=c.tensorboard)
+        if is_main:
+            checkpoints_lib.write_json_atomic(os.path.join(c.workdir, "config.json"), stored)
+        say(_describe_run(plan, parallel, start_step))
+        loop = _Loop(plan, parallel, data, ckpts, writer, say, progress, stored)
+        train_step = parallel.compile_train(
+            make_train_step(model, tx, schedule, c, axis_name=parallel.axis_name))
+        eval_step = parallel.compile_eval(
+            make_eval_step(model, c, axis_name=parallel.axis_name))
+        state, step, eval_metrics = loop.run(state, start_step, train_step, eval_step)
+    finally:
+        ckpts.close()  # waits for the asynchronous saves
+        if writer is not None:
+            writer.close()
+
+    if is_main:
+        png = metrics_lib.plot_curves(c.workdir, title=f"{c.arch} on {c.dataset}",
+                                      top5=c.num_classes > 10)
+        if png:
+            say(f"training curves: {png}")
+    final = parallel.fetch({"params": state.params, "batch_stats": state.batch_stats})
+    top5 = (f", top-5 {100 * eval_metrics['top5']:.2f}%" if c.num_classes > 10 else "")
+    say(f"Final test accuracy of {c.arch} on {c.dataset} ({info.eval_split}, "
+        f"{int(eval_metrics['count']):,} images, step {step}): top-1 "
+        f"{100 * eval_metrics['top1']:.2f}%{top5}")
+    return TrainResult(config=c, step=step, eval_metrics=eval_metrics, params=final["params"],
+                       batch_stats=final["batch_stats"], workdir=c.workdir,
+                       resumed_from=start_step or None)
+
+
+@dataclasses.dataclass
+class _Loop:
+    """The epochs of a run: train steps, metric fetches, evaluations, checkpoints."""
+
+    plan: Plan
+    parallel: JitParallel
+    data: Any
+    ckpts: checkpoints_lib.Checkpoints
+    writer: metrics_lib.MetricWriter
+    say: Callable[[str], None]
+    progress: bool
+    stored: dict[str, Any]
+
+    def save(self, step: int, state: TrainState, eval_metrics: dict | None = None) -> None:
+        metrics = (None if eval_metrics is None
+                   else {checkpoints_lib.BEST_METRIC: eval_metrics["top1"]})
+        self.ckpts.save(step, self.parallel.to_checkpoint(state), self.stored, metrics=metrics)
+
+    def evaluate(self, state: TrainState, eval_step: Callable, step: int) -> dict[str, float]:
+        metrics = evaluate(state, eval_step, self.parallel, self.data, self.plan,
+                           progress=self.progress)
+        self.writer.write(step, "eval", metrics, epoch=step / self.plan.steps_per_epoch)
+        self.save(step, state, metrics)
+        return metrics
+
+    def run(self, state: TrainState, start_step: int, train_step: Callable,
+            eval_step: Callable) -> tuple[TrainState, int, dict[str, float]]:
+        plan, c, parallel = self.plan, self.plan.config, self.parallel
+        spe, gbs = plan.steps_per_epoch, c.batch_size
+        step, eval_metrics, evaluated_at = start_step, {}, None
+        t_start = time.time()
+        try:
+            while step < plan.last_step:
+                epoch = step // spe
+                skip = step - epoch * spe
+                epoch_end = min((epoch + 1) * spe, plan.last_step)
+                iterator = self.data.train_iterator(
+                    c.dataset, data_dir=c.data_dir, global_batch_size=gbs,
+                    image_size=c.image_size, seed=epoch_seed(c.seed, epoch), augment=c.augment,
+                    mixup=c.mixup, cutmix=c.cutmix, randaugment=c.randaugment,
+                    process_index=jax.process_index(), process_count=jax.process_count())
+                # A resumed run skips the batches of the epoch it already trained on, so it
+                # sees exactly the batches an uninterrupted run would.
+                batches = prefetch(itertools.islice(iterator, skip, skip + epoch_end - step),
+                                   parallel.put_batch)
+                bar = _bar(self.progress, (epoch_end - epoch * spe) * gbs,
+                           f"epoch {epoch + 1}/{c.epochs}", initial=skip * gbs)
+                pending, logged = [], []
+                t_epoch = t_window = time.time()
+                epoch_start = window_start = step
+                for batch in batches:
+                    state, step_metrics = train_step(state, batch)
+                    pending.append(step_metrics)
+                    step += 1
+                    bar.update(gbs)
+                    if step == start_step + 1:
+                        jax.block_until_ready(step_metrics)  # once: tells compile time apart
+                        self.say(f"compiled and ran the first step in "
+                                 f"{time.time() - t_start:.1f}s")
+                        t_window, window_start = time.time(), step
+                    if step % c.log_every == 0 or step == epoch_end:
+                        # The only wait for the device inside an epoch: fetch what is pending.
+                        values = _stack(parallel.fetch(pending))
+                        pending = []
+                        now = time.time()
+                        rate = (step - window_start) * gbs / max(now - t_window, 1e-9)
+                        t_window, window_start = now, step
+                        means = {k: float(v.mean()) for k, v in values.items()}
+                        means["lr"] = float(values["lr"][-1])
+                        logged.append((len(values["loss"]), means))
+                        self.writer.write(step, "train", {**means, "images_per_sec": rate},
+                                          epoch=step / spe)
+                        bar.set_postfix(loss=f"{means['loss']:.4f}",
+                                        acc=f"{100 * means['accuracy']:.1f}%", refresh=False)
+                    if c.checkpoint_every and step % c.checkpoint_every == 0:
+                        self.save(step, state)
+                bar.close()
+                if step == epoch_start:
+                    raise RuntimeError(
+                        f"{c.dataset}: train_iterator yielded no batch for epoch {epoch + 1}; "
+                        f"it must be endless.")
+                seconds = time.time() - t_epoch
+                line = (f"epoch {epoch + 1:>3}/{c.epochs} | step {step:>6} | "
+                        f"{_format_train(logged)} | "
+                        f"{(step - epoch_start) * gbs / max(seconds, 1e-9):,.0f} img/s | "
+                        f"{seconds:.1f}s")
+                at_epoch_end = step == (epoch + 1) * spe
+                if step >= plan.last_step or (at_epoch_end and (epoch + 1) % c.eval_every == 0):
+                    eval_metrics = self.evaluate(state, eval_step, step)
+                    evaluated_at = step
+                    line += " | " + _format_eval(eval_metrics, c.num_classes)
+                self.say(line)
+                self.writer.flush()
+        except KeyboardInterrupt:
+            if jax.process_count() == 1 and step > start_step:
+                self.save(step, state)
+                self.ckpts.wait()
+                self.say(f"\ninterrupted at step {step}: checkpoint saved in "
+                         f"{self.ckpts.directory}; run the same command again to resume.")
+            raise
+        if evaluated_at != step:  # resumed a finished run: evaluate it again
+            eval_metrics = self.evaluate(state, eval_step, step)
+        return state, step, eval_metrics
+
+
+def _format_train(logged: list[tuple[int, dict[str, float]]]) -> str:
+    if not logged:
+        return "no steps"
+    n = sum(count for count, _ in logged)
+    loss = sum(count * m["loss"] for count, m in logged) / n
+    acc = sum(count * m["accuracy"] for count, m in logged) / n
+    return f"train loss {loss:.4f} acc {100 * acc:.2f}% | lr {logged[-1][1]['lr']:.4g}"
+
+
+def _describe_run(plan: Plan, parallel: JitParallel, start_step: int) -> str:
+    c = plan.config
+    lines = [
+        f"{c.arch} on {c.dataset}: {plan.info.num_train:,} train / {plan.info.num_eval:,} "
+        f"{plan.info.eval_split} images at {c.image_size}x{c.image_size}x{c.channels} "
+        f"({plan.data_channels} channel(s) in the data), {c.num_classes} classes",
+        f"{c.epochs} epochs x {plan.steps_per_epoch} steps of {c.batch_size} images"
+        + (f" (x{c.grad_accum} accumulated)" if c.grad_accum > 1 else "")
+        + (f", stopping at step {plan.last_step}" if plan.last_step < plan.total_steps else "")
+        + f"; {c.optimizer} lr {c.lr:.4g} {c.schedule} (warm-up {c.warmup_epochs:g} epochs), "
+        f"weight decay {c.weight_decay:g}, label smoothing {c.label_smoothing:g}"
+        + (f", EMA {c.ema_decay:g}" if c.ema_decay else "")
+        + (f", aux weight {c.aux_weight:g}" if c.aux_weight else ""),
+        f"{parallel.device_count} {jax.default_backend()} device(s) in {jax.process_count()} "
+        f"process(es), parallel={c.parallel}, dtype={c.dtype}; workdir {c.workdir}",
+    ]
+    if start_step:
+        lines.append(f"resuming from the checkpoint at step {start_step} "
+                     f"(epoch {start_step / plan.steps_per_epoch:.2f})")
+    return "\n".join(lines)
