@@ -8,6 +8,7 @@ their random masks cannot agree). Relative error = max |ours - reference| / max 
 float32, must stay below 1e-4.
 """
 
+import contextlib
 import os
 
 import jax
@@ -83,15 +84,42 @@ def _torch_outputs(model, x):
     return eval_out.numpy(), train_out.numpy(), state
 
 
+@contextlib.contextmanager
+def _numpy_keras_initialisers():
+    """Keras' JAX backend compiles its random ops once per weight shape, which costs more than
+    the comparison itself; the initial values are irrelevant here, so NumPy draws them."""
+    from keras.src.backend.jax import random as backend_random
+
+    rng = np.random.default_rng(0)
+    saved = {n: getattr(backend_random, n) for n in ("uniform", "normal", "truncated_normal")}
+
+    def uniform(shape, minval=0.0, maxval=1.0, dtype=None, seed=None):
+        return rng.uniform(minval, maxval, shape).astype(dtype or "float32")
+
+    def normal(shape, mean=0.0, stddev=1.0, dtype=None, seed=None):
+        return (mean + stddev * rng.standard_normal(shape)).astype(dtype or "float32")
+
+    def truncated_normal(shape, mean=0.0, stddev=1.0, dtype=None, seed=None):
+        return (mean + stddev * np.clip(rng.standard_normal(shape), -2, 2)).astype(dtype or "float32")
+
+    for name, fn in (("uniform", uniform), ("normal", normal), ("truncated_normal", truncated_normal)):
+        setattr(backend_random, name, fn)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(backend_random, name, fn)
+
+
 def _keras_reference(conv, size):
     os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
 
-    keras.utils.set_random_seed(0)
-    model = getattr(keras.applications, conv.reference)(
-        weights=None, classes=NUM_CLASSES, input_shape=(size, size, 3),
-        classifier_activation=None, **dict(conv.reference_kwargs),
-    )
+    with _numpy_keras_initialisers():
+        model = getattr(keras.applications, conv.reference)(
+            weights=None, classes=NUM_CLASSES, input_shape=(size, size, 3),
+            classifier_activation=None, **dict(conv.reference_kwargs),
+        )
     rng = np.random.default_rng(0)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
