@@ -288,3 +288,119 @@ def dense_head(
     """The final classifier: logits are returned in float32 whatever the compute dtype."""
     x = nn.Dense(num_classes, dtype=dtype, kernel_init=kernel_init, name=name)(x)
     return x.astype(jnp.float32)
+
+
+def max_pool_with_switches(
+    x: jax.Array,
+    window: int,
+    stride: int | None = None,
+    padding: int = 0,
+    *,
+    ceil_mode: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    """Max pooling that also returns its "switches", the positions of the maxima.
+
+    The pooled values are those of :func:`max_pool` (PyTorch's padding and ``ceil_mode``;
+    ``stride`` defaults to ``window``). The switches follow PyTorch's ``return_indices``: an
+    int32 array shaped like the output holding ``row * W + col``, the flat position of the
+    maximum in its (unpadded) input plane. Within a window the first maximum in row-major order
+    wins, as in PyTorch. Used by unpooling decoders (what-where auto-encoders, deconvnets).
+    """
+    stride = window if stride is None else stride
+    width = x.shape[2]
+    outs, pads = [], []
+    for size in x.shape[1:3]:
+        out = _pool_out_size(size, window, stride, padding, ceil_mode)
+        extra = max(0, (out - 1) * stride + window - size - 2 * padding)
+        outs.append(out)
+        pads.append((padding, padding + extra))
+    oh, ow = outs
+    padded = jnp.pad(x, [(0, 0), *pads, (0, 0)], constant_values=-jnp.inf)
+    # One strided view per window offset: taps[..., a * window + b] is the input at offset (a, b).
+    taps = jnp.stack(
+        [padded[:, a:a + (oh - 1) * stride + 1:stride, b:b + (ow - 1) * stride + 1:stride]
+         for a in range(window) for b in range(window)],
+        axis=-1,
+    )
+    best = jnp.argmax(taps, axis=-1)
+    # Gathering (not jnp.max) sends the gradient to the switch only, as PyTorch does on ties.
+    pooled = jnp.take_along_axis(taps, best[..., None], axis=-1)[..., 0]
+    rows = jnp.arange(oh)[:, None, None] * stride + best // window - padding
+    cols = jnp.arange(ow)[None, :, None] * stride + best % window - padding
+    return pooled, (rows * width + cols).astype(jnp.int32)
+
+
+def max_unpool(x: jax.Array, switches: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+    """Puts each value back where its maximum was, zeros elsewhere (PyTorch's ``max_unpool2d``).
+
+    ``switches`` come from :func:`max_pool_with_switches`; ``output_size`` is the (H, W) of the
+    pooled input, which pooling alone cannot recover when it floored an odd size.
+    """
+    n, _, _, c = x.shape
+    h, w = output_size
+    batch = jnp.arange(n)[:, None, None, None]
+    channel = jnp.arange(c)[None, None, None, :]
+    flat = jnp.zeros((n, h * w, c), x.dtype).at[batch, switches, channel].set(x)
+    return flat.reshape(n, h, w, c)
+
+
+def keras_correct_pad(size: tuple[int, int], kernel_size: int) -> tuple[tuple[int, int], ...]:
+    """Keras' ``correct_pad``: the ZeroPadding its applications put before a stride-2 conv.
+
+    For a known input size it equals TensorFlow's ``"SAME"`` padding for stride 2: one row/column
+    less at the top/left when the size is even.
+    """
+    half = kernel_size // 2
+    return tuple((half - (1 - n % 2), half) for n in size)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's inverted residual (MBConv): 1x1 expand, depthwise, optional SE, 1x1 project.
+
+    Shared by MobileNetV2/V3 and EfficientNet; callers compute the widths because their rounding
+    rules differ. The expand conv is skipped when ``expanded`` equals the input width. ``padding``
+    is ``"symmetric"`` (PyTorch: ``k // 2`` on each side) or ``"keras"`` (``keras_correct_pad``
+    before a stride-2 depthwise conv, ``"same"`` otherwise). ``se_features=0`` means no
+    squeeze-excitation. ``drop_path_rate`` is stochastic depth on the residual branch (whole
+    samples dropped, survivors scaled by ``1 / (1 - rate)``; the ``dropout`` rng).
+    """
+
+    features: int
+    expanded: int
+    kernel_size: int = 3
+    strides: int = 1
+    se_features: int = 0
+    act: Callable[[jax.Array], jax.Array] = nn.relu6
+    se_act: Callable[[jax.Array], jax.Array] = nn.relu
+    se_gate: Callable[[jax.Array], jax.Array] = nn.sigmoid
+    padding: str = "symmetric"
+    norm: Callable[..., nn.Module] = batch_norm()
+    drop_path_rate: float = 0.0
+    kernel_init: Callable = kaiming_normal_fan_out
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        if self.padding not in ("symmetric", "keras"):
+            raise ValueError(f"padding must be 'symmetric' or 'keras', not {self.padding!r}")
+        conv = functools.partial(ConvBN, norm=self.norm, act=self.act,
+                                 kernel_init=self.kernel_init, dtype=self.dtype)
+        shortcut = x
+        if self.expanded != x.shape[-1]:
+            x = conv(self.expanded, 1, name="expand")(x, train=train)
+        if self.padding == "keras" and self.strides == 2:
+            pad = keras_correct_pad(x.shape[1:3], self.kernel_size)
+        else:
+            pad = self.kernel_size // 2
+        x = conv(self.expanded, self.kernel_size, self.strides, pad, groups=self.expanded,
+                 name="depthwise")(x, train=train)
+        if self.se_features:
+            x = SqueezeExcite(self.se_features, act=self.se_act, gate=self.se_gate,
+                              dtype=self.dtype, name="squeeze_excite")(x)
+        x = conv(self.features, 1, act=None, name="project")(x, train=train)
+        if self.strides == 1 and shortcut.shape[-1] == self.features:
+            if self.drop_path_rate > 0:
+                x = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2, 3),
+                               deterministic=not train, name="drop_path")(x)
+            x = x + shortcut
+        return x

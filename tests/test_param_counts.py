@@ -77,6 +77,9 @@ PUBLISHED = [
     # MobileNet
     ("mobilenet_v1", {}, 4_231_976, "params", "timm mobilenetv1_100 / imgclsmob / Keras MobileNet trainable"),
     ("mobilenet_v1_keras", {}, 4_253_864, "keras", KA + ", MobileNet"),
+    ("mobilenet_v1_075_keras", {}, 2_601_976, "keras", "keras.applications.MobileNet(alpha=0.75, weights=None), Keras 3.15.1; paper Table 6: 2.6M"),
+    ("mobilenet_v1_050_keras", {}, 1_342_536, "keras", "keras.applications.MobileNet(alpha=0.5, weights=None), Keras 3.15.1; paper Table 6: 1.3M"),
+    ("mobilenet_v1_025_keras", {}, 475_544, "keras", "keras.applications.MobileNet(alpha=0.25, weights=None), Keras 3.15.1; paper Table 6: 0.5M"),
     ("mobilenet_v2", {}, 3_504_872, "params", TV),
     ("mobilenet_v2_keras", {}, 3_538_984, "keras", KA + ", MobileNetV2"),
     ("mobilenet_v3_large", {}, 5_483_032, "params", TV),
