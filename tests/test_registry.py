@@ -66,3 +66,15 @@ def test_count_params_conventions():
     assert jaxcnn.count_params(variables, "keras") == 3_504_872 + 34_112  # + BN statistics
     with pytest.raises(ValueError, match="convention"):
         jaxcnn.count_params(variables, "flops")
+
+
+def test_readme_table_lists_every_variant_with_its_published_figure():
+    import pathlib
+
+    from jaxcnn import zoo
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split(zoo.START, 1)[1].split(zoo.END, 1)[0].strip()
+    assert block == zoo.markdown_table(), "README table is stale: run python -m jaxcnn.zoo"
+    for name in jaxcnn.list_models():
+        assert f"| `{name}` |" in block
