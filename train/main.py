@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                "MNIST sample\n"
                "  python -m train.main --arch senet --epochs 2     # SE-ResNet-50 at 32x32x3\n"
                "  python -m train.main --arch resnet18 --dataset cifar10 --parallel pmap\n"
+               "  python -m train.main --arch resnet18 --pretrained weights/resnet18 "
+               "--freeze backbone\n"
                "  python -m train.evaluate --workdir runs/lenet5_mnist_sample\n"
                "  python -m train.bench --arch resnet50 --batch-size 256",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import difflib
 import importlib
 import itertools
 import os
@@ -39,6 +40,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import jaxcnn
+from jaxcnn import convert as convert_lib
+from jaxcnn import features as features_lib
+from jaxcnn import weights as weights_lib
 from train import checkpoints as checkpoints_lib
 from train import metrics as metrics_lib
 from train.configs.default import DATASET_EPOCHS, Config, ConfigError, recipe_for
@@ -133,6 +137,10 @@ class JitParallel:
     def init_state(self, init_fn: Callable[[], Any]) -> Any:
         return run_once(jax.jit(init_fn, out_shardings=self.replicated))
 
+    def place(self, host_tree: Any) -> Any:
+        """A state built on the host -> replicated on the devices, like :meth:`init_state`."""
+        return jax.device_put(host_tree, self.replicated)
+
     def abstract_state(self, init_fn: Callable[[], Any]) -> Any:
         """Shapes, dtypes and the replicated sharding of the state, for restoring into."""
         shapes = jax.eval_shape(init_fn)
@@ -182,6 +190,9 @@ class PmapParallel(JitParallel):
 
     def init_state(self, init_fn: Callable[[], Any]) -> Any:
         return self._replicate(jax.device_get(run_once(jax.jit(init_fn))))
+
+    def place(self, host_tree: Any) -> Any:
+        return self._replicate(jax.device_get(host_tree))
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         n = len(self.local_devices)
@@ -405,8 +416,34 @@ def create_schedule(config: Config, plan_steps_per_epoch: int, num_updates: int)
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
-def create_optimizer(config: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """The Optax chain: clipping, the optimizer with masked weight decay, accumulation."""
+def create_optimizer(config: Config, schedule: optax.Schedule,
+                     param_labels: Callable[[Any], Any] | None = None
+                     ) -> optax.GradientTransformation:
+    """The Optax chain: clipping, the optimizer with masked weight decay, accumulation.
+
+    ``param_labels(params)`` (see :func:`make_param_labels`) splits the parameters into
+    ``frozen`` (never updated, not even by weight decay), ``backbone`` (``schedule``) and
+    ``head`` (``schedule`` x ``config.head_lr_multiplier``) with ``optax.multi_transform``.
+    """
+    core = _optimizer(config, schedule)
+    if param_labels is not None:
+        multiplier = config.head_lr_multiplier
+
+        def head_schedule(count):
+            return schedule(count) * multiplier
+
+        core = optax.multi_transform(
+            {"frozen": optax.set_to_zero(), "backbone": core,
+             "head": _optimizer(config, head_schedule)}, param_labels)
+    if config.grad_clip:
+        core = optax.chain(optax.clip_by_global_norm(config.grad_clip), core)
+    if config.grad_accum > 1:
+        return optax.MultiSteps(core, every_k_schedule=config.grad_accum)
+    return core
+
+
+def _optimizer(config: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """The optimizer of ``config`` with its masked weight decay, at the rate ``schedule``."""
     name, wd, eps, momentum = (config.optimizer, config.weight_decay, config.opt_eps,
                                config.momentum)
     if name in ("sgd", "nesterov"):
@@ -427,11 +464,97 @@ def create_optimizer(config: Config, schedule: optax.Schedule) -> optax.Gradient
         core = optax.lamb(schedule, b1=momentum, eps=eps, weight_decay=wd, mask=decay_mask)
     else:
         raise ConfigError(f"unknown optimizer {name!r}")
-    if config.grad_clip:
-        core = optax.chain(optax.clip_by_global_norm(config.grad_clip), core)
-    if config.grad_accum > 1:
-        return optax.MultiSteps(core, every_k_schedule=config.grad_accum)
     return core
+
+
+# --------------------------------------------------------------------------------------------
+# Transfer learning: pretrained weights, frozen layers, the head's own learning rate.
+# --------------------------------------------------------------------------------------------
+def layer_order(model: nn.Module, config: Config) -> list[str]:
+    """The top-level layers that hold variables, in call order: the classifier comes last."""
+    x = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(
+        {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False))
+    held = set(variables.get("params", {})) | set(variables.get("batch_stats", {}))
+    return [n for n in features_lib.feature_layer_names(model, variables, x) if n in held]
+
+
+def frozen_layers(freeze: str, order: list[str], top_level: Iterable[str] = ()) -> frozenset:
+    """The top-level layer names that ``--freeze`` keeps fixed.
+
+    ``backbone``: every layer but the classifier (the last layer of ``order``; ``top_level``
+    adds layers that the eval-mode call skips, such as auxiliary heads). ``until:LAYER``: the
+    layers of ``order`` up to and including LAYER.
+    """
+    if freeze == "none":
+        return frozenset()
+    if freeze == "backbone":
+        return frozenset(order[:-1]) | (frozenset(top_level) - {order[-1]})
+    layer = freeze.removeprefix("until:")
+    if layer not in order:
+        close = difflib.get_close_matches(layer, order, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"--freeze until:{layer}: the network has no top-level layer "
+                          f"{layer!r}.{hint} Its layers in call order: {', '.join(order)}.")
+    return frozenset(order[:order.index(layer) + 1])
+
+
+def make_param_labels(frozen: frozenset, head: str) -> Callable[[Any], Any]:
+    """``params -> labels`` for :func:`create_optimizer`: frozen, head or backbone."""
+
+    def labels(params: Any) -> Any:
+        def label(path, _):
+            name = path[0].key
+            return "frozen" if name in frozen else "head" if name == head else "backbone"
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return labels
+
+
+def keep_frozen(new: Any, old: Any, frozen: frozenset) -> Any:
+    """``new`` with the top-level entries of the ``frozen`` layers taken from ``old``."""
+    if not frozen or not new:
+        return new
+    return {k: old[k] if k in frozen else v for k, v in new.items()}
+
+
+def load_pretrained_variables(config: Config, fresh: dict[str, Any]
+                              ) -> tuple[dict[str, Any], list[str], str]:
+    """``fresh`` (a new network's variables) with everything but the classifier from
+    ``config.pretrained``; also returns the names left at their initial value and a
+    description of the source."""
+    src = config.pretrained
+    if os.path.isdir(src):
+        try:
+            variables, meta = convert_lib.load_converted(src)
+        except (FileNotFoundError, weights_lib.WeightMismatchError) as err:
+            raise ConfigError(f"--pretrained: {err}") from err
+        if meta.get("arch") != config.arch:
+            raise ConfigError(
+                f"--pretrained {src} holds weights of {meta.get('arch')}, not of --arch "
+                f"{config.arch}: pass --arch {meta.get('arch')}, or weights converted for "
+                f"{config.arch}.")
+        what = f"{meta['arch']} weights converted from {meta.get('source', '?')}"
+    elif os.path.isfile(src):
+        try:  # at the variant's own number of classes: the head is replaced below
+            variables = weights_lib.load_pretrained(config.arch, src)
+        except weights_lib.WeightMismatchError as err:
+            raise ConfigError(f"--pretrained {src} does not fit {config.arch}: {err}") from err
+        what = f"{config.arch} weights converted from {src}"
+    else:
+        raise ConfigError(f"--pretrained {src}: no such file or directory (pass a directory "
+                          f"written by python -m jaxcnn.convert, or a weights file).")
+    pretrained = {k: variables[k] for k in ("params", "batch_stats") if variables.get(k)}
+    try:
+        merged, left = convert_lib.transfer(pretrained, fresh, config.num_classes)
+    except weights_lib.WeightMismatchError as err:
+        raise ConfigError(
+            f"--pretrained {src}: {err} (Layers after a flatten also depend on --image-size, "
+            f"here {config.image_size}.)") from err
+    merged = jax.tree.map(lambda m, f: np.asarray(m, dtype=np.asarray(f).dtype), merged,
+                          {k: v for k, v in fresh.items() if k in merged})
+    return {"batch_stats": {}, **merged}, left, what
 
 
 def make_init_fn(model: nn.Module, tx: optax.GradientTransformation, config: Config
@@ -443,13 +566,17 @@ def make_init_fn(model: nn.Module, tx: optax.GradientTransformation, config: Con
         params_key, dropout_key = jax.random.split(key)
         x = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)
         variables = model.init({"params": params_key, "dropout": dropout_key}, x, train=False)
-        params = variables["params"]
-        batch_stats = variables.get("batch_stats", {})
-        ema = {"params": params, "batch_stats": batch_stats} if config.ema_decay else None
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                          opt_state=tx.init(params), ema=ema)
+        return new_state(variables["params"], variables.get("batch_stats", {}), tx, config)
 
     return init_fn
+
+
+def new_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation,
+              config: Config) -> TrainState:
+    """The state at step 0 with these variables."""
+    ema = {"params": params, "batch_stats": batch_stats} if config.ema_decay else None
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), ema=ema)
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,9 +603,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, config: Config, *, axis_name: str | None = None
+                    schedule: optax.Schedule, config: Config, *, axis_name: str | None = None,
+                    frozen: frozenset = frozenset()
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """One training step on a batch (the global batch under jit, a replica's under pmap)."""
+    """One training step on a batch (the global batch under jit, a replica's under pmap).
+
+    The top-level layers in ``frozen`` get no gradient (nor its cost), and keep their
+    parameters and BatchNorm statistics bit for bit.
+    """
     k = config.grad_accum
     aux_weight = config.aux_weight or 0.0
     mutable = ["batch_stats"] + (["aux_logits"] if aux_weight else [])
@@ -493,6 +625,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
 
         def loss_fn(params):
+            if frozen:
+                params = jax.tree_util.tree_map_with_path(
+                    lambda path, p: jax.lax.stop_gradient(p) if path[0].key in frozen else p,
+                    params)
             variables = {"params": params}
             if state.batch_stats:
                 variables["batch_stats"] = state.batch_stats
@@ -511,6 +647,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             grads = jax.lax.pmean(grads, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # The optimizer gives frozen layers zero updates; keeping them also keeps a -0.0.
+        params = keep_frozen(params, state.params, frozen)
+        # Frozen layers still normalise with batch statistics in training; their running
+        # averages are put back so that evaluation sees the pretrained ones.
+        batch_stats = keep_frozen(batch_stats, state.batch_stats, frozen)
 
         ema = state.ema
         if ema is not None:
@@ -719,7 +860,13 @@ def train_and_evaluate(config: Config, *, data: Any = None,
     parallel = make_parallel(c.parallel)
     model = build_model(c, axis_name=parallel.axis_name, model_factory=model_factory)
     schedule = create_schedule(c, plan.steps_per_epoch, plan.num_updates)
-    tx = create_optimizer(c, schedule)
+    frozen, labels = frozenset(), None
+    if c.freeze != "none" or c.head_lr_multiplier != 1:
+        order = layer_order(model, c)
+        top_level = jax.eval_shape(make_init_fn(model, optax.identity(), c)).params
+        frozen = frozen_layers(c.freeze, order, top_level)
+        labels = make_param_labels(frozen, head=order[-1])
+    tx = create_optimizer(c, schedule, labels)
     init_fn = make_init_fn(model, tx, c)
     stored = c.to_dict()
 
@@ -735,6 +882,14 @@ def train_and_evaluate(config: Config, *, data: Any = None,
                     ckpts.restore(start_step, parallel.abstract_state(init_fn)))
             else:
                 state = parallel.init_state(init_fn)
+                if c.pretrained:
+                    fresh = parallel.fetch({"params": state.params,
+                                            "batch_stats": state.batch_stats})
+                    variables, left, what = load_pretrained_variables(c, fresh)
+                    state = parallel.place(new_state(variables["params"],
+                                                     variables["batch_stats"], tx, c))
+                    say(f"loaded {what}; left at their initial value (the new classifier): "
+                        f"{', '.join(left) or 'nothing'}")
         except jaxcnn.InputShapeError as err:
             raise ConfigError(f"{err} (set by --image-size {c.image_size})") from err
         start_step = start_step or 0
@@ -743,9 +898,14 @@ def train_and_evaluate(config: Config, *, data: Any = None,
         if is_main:
             checkpoints_lib.write_json_atomic(os.path.join(c.workdir, "config.json"), stored)
         say(_describe_run(plan, parallel, start_step))
+        if frozen:
+            names = [n for n in order if n in frozen] + sorted(frozen - set(order))
+            say(f"frozen (--freeze {c.freeze}): {', '.join(names)}")
+        if start_step and c.pretrained:
+            say(f"--pretrained {c.pretrained} is not used: the run resumes from its checkpoint")
         loop = _Loop(plan, parallel, data, ckpts, writer, say, progress, stored)
         train_step = parallel.compile_train(
-            make_train_step(model, tx, schedule, c, axis_name=parallel.axis_name))
+            make_train_step(model, tx, schedule, c, axis_name=parallel.axis_name, frozen=frozen))
         eval_step = parallel.compile_eval(
             make_eval_step(model, c, axis_name=parallel.axis_name))
         state, step, eval_metrics = loop.run(state, start_step, train_step, eval_step)
@@ -895,7 +1055,8 @@ def _describe_run(plan: Plan, parallel: JitParallel, start_step: int) -> str:
         + f"; {c.optimizer} lr {c.lr:.4g} {c.schedule} (warm-up {c.warmup_epochs:g} epochs), "
         f"weight decay {c.weight_decay:g}, label smoothing {c.label_smoothing:g}"
         + (f", EMA {c.ema_decay:g}" if c.ema_decay else "")
-        + (f", aux weight {c.aux_weight:g}" if c.aux_weight else ""),
+        + (f", aux weight {c.aux_weight:g}" if c.aux_weight else "")
+        + (f", head lr x{c.head_lr_multiplier:g}" if c.head_lr_multiplier != 1 else ""),
         f"{parallel.device_count} {jax.default_backend()} device(s) in {jax.process_count()} "
         f"process(es), parallel={c.parallel}, dtype={c.dtype}; workdir {c.workdir}",
     ]

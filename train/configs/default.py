@@ -61,6 +61,20 @@ class Config:
                                   "that have them (default: 0.3 for GoogLeNet, 0.4 for Inception "
                                   "v3, 0 elsewhere; 0 builds the network without them)")
 
+    # Transfer learning.
+    pretrained: str | None = _f(None, "start from pretrained weights: a directory written by "
+                                "python -m jaxcnn.convert, or a weights file (.pth/.pt/"
+                                ".safetensors/.npz/.h5) converted on the fly; everything but the "
+                                "classifier is loaded, which keeps its new initialisation. Only "
+                                "for a fresh run: a checkpoint in the workdir takes precedence")
+    freeze: str = _f("none", "parameters the optimizer leaves untouched: none; backbone "
+                     "(everything but the classifier); until:LAYER (the top-level layers in "
+                     "call order up to and including LAYER, e.g. until:stage2_block2). Frozen "
+                     "BatchNorm statistics are kept as they were")
+    head_lr_multiplier: float = _f(1.0, "learning rate of the classifier relative to --lr (the "
+                                   "backbone's): e.g. 10 to fine-tune a pretrained backbone "
+                                   "slowly under a new head")
+
     # How long, how big.
     epochs: int | None = _f(None, "training epochs (default: 10 on MNIST-sized data sets, the "
                             "recipe's ImageNet schedule otherwise)")
@@ -167,6 +181,13 @@ class Config:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} cannot be negative; got {value}.")
+        if self.freeze not in ("none", "backbone") and not (
+                self.freeze.startswith("until:") and len(self.freeze) > len("until:")):
+            raise ConfigError(f"--freeze {self.freeze!r} is not one of none, backbone or "
+                              f"until:LAYER (e.g. until:conv2).")
+        if self.head_lr_multiplier <= 0:
+            raise ConfigError(f"--head-lr-multiplier must be positive; got "
+                              f"{self.head_lr_multiplier}.")
         for name in ("label_smoothing", "ema_decay"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
