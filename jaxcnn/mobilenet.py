@@ -63,6 +63,7 @@ import jax.numpy as jnp
 
 from jaxcnn import layers
 from jaxcnn.spec import ModelSpec, Published
+from jaxcnn.weights import Converter
 
 PADDINGS = ("symmetric", "keras")
 
@@ -315,6 +316,157 @@ class MobileNetV3(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# Weight converters: the reference's array names -> ours. The helpers are shared with
+# EfficientNet (same blocks, same naming schemes).
+
+_TORCH_BN = {"weight": "params/{}/scale", "bias": "params/{}/bias",
+             "running_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var"}
+_KERAS_BN = {"gamma": "params/{}/scale", "beta": "params/{}/bias",
+             "moving_mean": "batch_stats/{}/mean", "moving_variance": "batch_stats/{}/var"}
+
+
+def torch_conv_bn(module: str, index: str, leaf: str) -> str | None:
+    """A torch ``Conv2dNormActivation`` (``.0`` conv, ``.1`` BatchNorm) -> our ``ConvBN``."""
+    if leaf == "num_batches_tracked":
+        return None
+    if index == "0":
+        return f"params/{module}/conv/{ {'weight': 'kernel'}[leaf] }"
+    return _TORCH_BN[leaf].format(f"{module}/bn")
+
+
+def torch_dense(module: str, leaf: str) -> str:
+    """A torch Linear or a 1x1 convolution with bias (SE) -> our Dense/Conv."""
+    return f"params/{module}/{ {'weight': 'kernel', 'bias': 'bias'}[leaf] }"
+
+
+def keras_layer(module: str, leaf: str) -> str:
+    """A Keras Conv2D/DepthwiseConv2D/Dense/BatchNormalization weight -> ours."""
+    if leaf in _KERAS_BN:
+        return _KERAS_BN[leaf].format(f"{module}/bn")
+    kind = {"kernel": "kernel", "depthwise_kernel": "kernel", "bias": "bias"}[leaf]
+    return f"params/{module}/{kind}"
+
+
+def stage_block(index: int, repeats: tuple[int, ...]) -> str:
+    """The 0-based ``index`` of a block in a flat stack -> ``stage{i}_block{j}`` (1-based)."""
+    for stage, n in enumerate(repeats, start=1):
+        if index < n:
+            return f"stage{stage}_block{index + 1}"
+        index -= n
+    raise IndexError(f"block {index} beyond the last stage")
+
+
+_V1_TIMM_STAGES = (1, 2, 2, 6, 2)  # timm groups the 13 blocks by output stride
+_V1_TIMM_LAYERS = {"conv_dw": ("depthwise", "conv"), "bn1": ("depthwise", "bn"),
+                   "conv_pw": ("pointwise", "conv"), "bn2": ("pointwise", "bn")}
+
+
+def rename_timm_v1(key: str) -> str | None:
+    """timm ``mobilenetv1_*`` -> :class:`MobileNetV1`."""
+    *path, leaf = key.split(".")
+    if leaf == "num_batches_tracked":
+        return None
+    if path == ["conv_stem"]:
+        return torch_conv_bn("stem", "0", leaf)
+    if path == ["bn1"]:
+        return torch_conv_bn("stem", "1", leaf)
+    if path == ["classifier"]:
+        return torch_dense("head", leaf)
+    _, stage, block, layer = path
+    module, kind = _V1_TIMM_LAYERS[layer]
+    name = f"block{sum(_V1_TIMM_STAGES[:int(stage)]) + int(block) + 1}/{module}"
+    return torch_conv_bn(name, "0" if kind == "conv" else "1", leaf)
+
+
+def rename_keras_v1(key: str) -> str | None:
+    """``keras.applications.MobileNet`` (any alpha) -> :class:`MobileNetV1` (``padding="keras"``)."""
+    layer, leaf = key.split("/")
+    if layer == "conv_preds":
+        return keras_layer("head", leaf)
+    layer, bn = (layer[:-3], True) if layer.endswith("_bn") else (layer, False)
+    if layer == "conv1":
+        module = "stem"
+    else:
+        kind, n = layer.split("_")[1:]
+        module = f"block{int(n)}/{ {'dw': 'depthwise', 'pw': 'pointwise'}[kind] }"
+    return keras_layer(module if bn else f"{module}/conv", leaf)
+
+
+_V2_REPEATS = tuple(n for _, _, n, _ in V2_STAGES)
+
+
+def rename_torchvision_v2(key: str) -> str | None:
+    """torchvision ``mobilenet_v2`` -> :class:`MobileNetV2`.
+
+    ``features.{i}.conv`` holds [expand (Conv-BN-ReLU6)], depthwise (Conv-BN-ReLU6), project
+    conv, project BN; the first block has no expansion.
+    """
+    *path, leaf = key.split(".")
+    if leaf == "num_batches_tracked":
+        return None
+    if path[0] == "classifier":
+        return torch_dense("head", leaf)
+    i = int(path[1])
+    if i == 0:
+        return torch_conv_bn("stem", path[2], leaf)
+    if i == sum(_V2_REPEATS) + 1:
+        return torch_conv_bn("final_conv", path[2], leaf)
+    block = stage_block(i - 1, _V2_REPEATS)
+    parts = (["expand"] if i > 1 else []) + ["depthwise", "project/conv", "project/bn"]
+    part = parts[int(path[3])]
+    if part.startswith("project"):
+        return torch_conv_bn(f"{block}/project", "0" if part.endswith("conv") else "1", leaf)
+    return torch_conv_bn(f"{block}/{part}", path[4], leaf)
+
+
+def rename_keras_v2(key: str) -> str | None:
+    """``keras.applications.MobileNetV2`` -> :class:`MobileNetV2` (``padding="keras"``)."""
+    layer, leaf = key.split("/")
+    if layer == "predictions":
+        return keras_layer("head", leaf)
+    bn = layer.lower().endswith("_bn")
+    layer = layer[:-3] if bn else layer
+    if layer in ("Conv1", "bn_Conv1"):
+        module = "stem"
+        bn = layer == "bn_Conv1"
+    elif layer == "Conv_1":
+        module = "final_conv"
+    else:
+        prefix, part = layer.rsplit("_", 1)
+        index = 0 if prefix == "expanded_conv" else int(prefix.split("_")[1])
+        module = f"{stage_block(index, _V2_REPEATS)}/{part}"
+    return keras_layer(module if bn else f"{module}/conv", leaf)
+
+
+def torch_mbconv(block: str, parts: tuple[str, ...], path: list[str], leaf: str) -> str | None:
+    """One torchvision MBConv/InvertedResidual (``block.{k}``) whose sub-layers are ``parts``."""
+    part = parts[int(path[0])]
+    if part == "squeeze_excite":
+        return torch_dense(f"{block}/squeeze_excite/{ {'fc1': 'reduce', 'fc2': 'expand'}[path[1]] }",
+                           leaf)
+    return torch_conv_bn(f"{block}/{part}", path[1], leaf)
+
+
+def rename_torchvision_v3(key: str, blocks: tuple[tuple[int, int, int, bool, str, int], ...]) -> str | None:
+    """torchvision ``mobilenet_v3_large/small`` -> :class:`MobileNetV3` with ``blocks``."""
+    *path, leaf = key.split(".")
+    if leaf == "num_batches_tracked":
+        return None
+    if path[0] == "classifier":
+        return torch_dense({"0": "head_hidden", "3": "head"}[path[1]], leaf)
+    i = int(path[1])
+    if i == 0:
+        return torch_conv_bn("stem", path[2], leaf)
+    if i == len(blocks) + 1:
+        return torch_conv_bn("final_conv", path[2], leaf)
+    _, expanded, _, se, _, _ = blocks[i - 1]
+    in_features = blocks[i - 2][2] if i > 1 else 16
+    parts = ((["expand"] if expanded != in_features else []) + ["depthwise"]
+             + (["squeeze_excite"] if se else []) + ["project"])
+    return torch_mbconv(f"block{i}", tuple(parts), path[3:], leaf)
+
+
+# ---------------------------------------------------------------------------------------------
 # Registry
 
 _TV = "torchvision 0.29.1 Weights meta"
@@ -335,6 +487,8 @@ def _keras_v1_alpha(alpha: float, params: float, gmacs: float, top1: float) -> M
             Published(gmacs, "gmacs", _PAPER_V1),
             Published(top1, "top1", _PAPER_V1),
         ),
+        converters=(Converter("keras", "MobileNet", rename_keras_v1,
+                              reference_kwargs=(("alpha", alpha),)),),
     )
 
 
@@ -348,6 +502,7 @@ MODELS: dict[str, ModelSpec] = {
             Published(0.569, "gmacs", _PAPER_V1),
             Published(70.6, "top1", "Howard et al. 2017, Table 6"),
         ),
+        converters=(Converter("timm", "mobilenetv1_100", rename_timm_v1),),
     ),
     "mobilenet_v1_keras": ModelSpec(
         builder=_keras_v1,
@@ -359,6 +514,7 @@ MODELS: dict[str, ModelSpec] = {
             Published(0.569, "gmacs", _PAPER_V1),
             Published(70.4, "top1", _KA + ", MobileNet"),
         ),
+        converters=(Converter("keras", "MobileNet", rename_keras_v1),),
     ),
     "mobilenet_v1_075_keras": _keras_v1_alpha(0.75, 2.6e6, 0.325, 68.4),
     "mobilenet_v1_050_keras": _keras_v1_alpha(0.5, 1.3e6, 0.149, 63.7),
@@ -372,6 +528,7 @@ MODELS: dict[str, ModelSpec] = {
             Published(0.301, "gmacs", _TV),
             Published(71.878, "top1", _TV + " (IMAGENET1K_V1)"),
         ),
+        converters=(Converter("torchvision", "mobilenet_v2", rename_torchvision_v2),),
     ),
     "mobilenet_v2_keras": ModelSpec(
         builder=functools.partial(MobileNetV2, padding="keras", bn_momentum=0.999,
@@ -383,6 +540,7 @@ MODELS: dict[str, ModelSpec] = {
             Published(3_504_872, "params", "Keras MobileNetV2 trainable params (= torchvision)"),
             Published(71.3, "top1", _KA + ", MobileNetV2"),
         ),
+        converters=(Converter("keras", "MobileNetV2", rename_keras_v2),),
     ),
     "mobilenet_v3_large": ModelSpec(
         builder=functools.partial(MobileNetV3, blocks=V3_LARGE, hidden_features=1280),
@@ -394,6 +552,8 @@ MODELS: dict[str, ModelSpec] = {
             Published(0.217, "gmacs", _TV),
             Published(74.042, "top1", _TV + " (IMAGENET1K_V1)"),
         ),
+        converters=(Converter("torchvision", "mobilenet_v3_large",
+                              functools.partial(rename_torchvision_v3, blocks=V3_LARGE)),),
     ),
     "mobilenet_v3_small": ModelSpec(
         builder=functools.partial(MobileNetV3, blocks=V3_SMALL, hidden_features=1024),
@@ -405,5 +565,7 @@ MODELS: dict[str, ModelSpec] = {
             Published(0.057, "gmacs", _TV),
             Published(67.668, "top1", _TV + " (IMAGENET1K_V1)"),
         ),
+        converters=(Converter("torchvision", "mobilenet_v3_small",
+                              functools.partial(rename_torchvision_v3, blocks=V3_SMALL)),),
     ),
 }

@@ -1,8 +1,8 @@
 """MobileNet v1/v2/v3 and EfficientNet: figures the shared tables lack, padding, numerics.
 
-The numerical tests load the weights of a randomly initialised reference network (torchvision,
-timm, Keras) into ours, matching layers by call order, and compare logits at small odd and even
-inputs, which exercise the padding conventions.
+The numerical tests convert the weights of a randomly initialised reference network (torchvision,
+timm, Keras) with its declared converter and compare logits at small odd sizes, which
+exercise the padding conventions (tests/test_parity.py does even sizes).
 """
 
 import flax.linen as nn
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from jaxcnn import efficientnet, layers
+from jaxcnn import layers, weights
 
 # Keras' MobileNet at the released alphas other than 1.0: only rounded figures are published
 # (Howard et al. 2017, Table 6: 2.6M, 1.3M, 0.5M). These exact totals and trainable counts were
@@ -108,141 +108,36 @@ def test_pre_logits_are_sown():
 
 
 # ---------------------------------------------------------------------------------------------
-# Numerical agreement with the reference implementations
+# Numerical agreement at odd sizes (tests/test_parity.py covers every declared converter at 64
+# pixels, an even size; odd sizes exercise the other side of the padding conventions).
+
+ODD_SIZE_CASES = [("mobilenet_v1", 35), ("mobilenet_v2", 35), ("mobilenet_v3_small", 35),
+                  ("efficientnet_b0", 35), ("mobilenet_v1_keras", 33),
+                  ("mobilenet_v2_keras", 33), ("efficientnet_b0_keras", 35)]
 
 
-def _call_order(model, x, kinds):
-    """Zero variables for ``model`` and the paths of its ``kinds`` leaf modules in call order.
-
-    Every array is then overwritten with the reference's, so nothing needs initialising.
-    """
-    order = []
-
-    def record(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if isinstance(context.module, kinds) and context.module.path not in order:
-            order.append(context.module.path)
-        return out
-
-    with nn.intercept_methods(record):
-        shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
-    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes), order
-
-
-def _at(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def _bn_values(rng, n):
-    """Non-trivial BatchNorm scale, bias, mean, variance, so eval mode exercises them."""
-    return [rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n), rng.normal(0, 0.1, n),
-            rng.uniform(0.5, 1.5, n)]
-
-
-TORCH_CASES = [
-    ("mobilenet_v1", "timm", "mobilenetv1_100"),
-    ("mobilenet_v2", "torchvision", "mobilenet_v2"),
-    ("mobilenet_v3_small", "torchvision", "mobilenet_v3_small"),
-    ("efficientnet_b0", "torchvision", "efficientnet_b0"),
-]
-
-
-@pytest.mark.parametrize("name,library,reference", TORCH_CASES, ids=[c[0] for c in TORCH_CASES])
-def test_matches_pytorch_reference(name, library, reference):
-    torch = pytest.importorskip("torch")
-    if library == "timm":
-        timm = pytest.importorskip("timm")
-        ref_model = timm.create_model(reference)
+@pytest.mark.parametrize("name,size", ODD_SIZE_CASES, ids=[c[0] for c in ODD_SIZE_CASES])
+def test_converted_reference_matches_at_odd_sizes(name, size):
+    conv = weights.converters_for(name)[0]
+    x = np.random.default_rng(1).normal(size=(2, size, size, 3)).astype(np.float32)
+    if conv.source == "keras":
+        keras = pytest.importorskip("keras")  # on the JAX backend (tests/conftest.py)
+        keras.backend.clear_session()
+        ref = getattr(keras.applications, conv.reference)(
+            weights=None, classes=10, input_shape=(size, size, 3), classifier_activation=None)
+        state = {w.path: np.array(w.numpy()) for w in ref.weights}
+        expected = np.asarray(ref(x, training=False))
     else:
-        torchvision = pytest.importorskip("torchvision")
-        ref_model = getattr(torchvision.models, reference)()
-    ref_model.eval()
-    size = 35
-    model = jaxcnn.create_model(name)
-    variables, order = _call_order(model, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
-                                   (nn.Conv, nn.Dense, nn.BatchNorm))
-    ref_layers = [m for m in ref_model.modules()
-                  if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d))]
-    assert len(ref_layers) == len(order)
-    rng = np.random.default_rng(0)
-    with torch.no_grad():
-        for layer, path in zip(ref_layers, order):
-            params = _at(variables["params"], path)
-            if isinstance(layer, torch.nn.BatchNorm2d):
-                values = _bn_values(rng, layer.num_features)
-                for buf, v in zip((layer.weight, layer.bias, layer.running_mean, layer.running_var),
-                                  values):
-                    buf.copy_(torch.from_numpy(v))
-                params["scale"], params["bias"] = values[0], values[1]
-                stats = _at(variables["batch_stats"], path)
-                stats["mean"], stats["var"] = values[2], values[3]
-                continue
-            weight = layer.weight.numpy()
-            kernel = weight.T if weight.ndim == 2 else weight.transpose(2, 3, 1, 0)
-            assert kernel.shape == params["kernel"].shape, path
-            params["kernel"] = kernel
-            if layer.bias is not None:
-                params["bias"] = layer.bias.numpy()
-        x = np.random.default_rng(1).normal(size=(2, size, size, 3)).astype(np.float32)
-        expected = ref_model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-    got = np.asarray(jax.jit(model.apply)(variables, x))
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
-
-
-# Sizes cover even and odd feature maps before the stride-2 convolutions (34 -> 17 -> 9 ...).
-KERAS_CASES = [
-    ("mobilenet_v1_keras", "MobileNet", 1.0, 32),
-    ("mobilenet_v2_keras", "MobileNetV2", 1.0, 33),
-    ("efficientnet_b0_keras", "EfficientNetB0", 255.0, 34),
-]
-
-
-@pytest.fixture(scope="module")
-def keras():
-    return pytest.importorskip("keras")  # on the JAX backend (tests/conftest.py)
-
-
-@pytest.mark.parametrize("name,application,scale,size", KERAS_CASES,
-                         ids=[c[0] for c in KERAS_CASES])
-def test_matches_keras_reference(keras, name, application, scale, size):
-    kl = keras.layers
-    ref_model = getattr(keras.applications, application)(
-        input_shape=(size, size, 3), weights=None, classifier_activation=None)
-    model = jaxcnn.create_model(name)
-    variables, order = _call_order(model, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
-                                   (nn.Conv, nn.Dense, nn.BatchNorm,
-                                    efficientnet.InputNormalization))
-    kinds = (kl.Conv2D, kl.DepthwiseConv2D, kl.Dense, kl.BatchNormalization, kl.Normalization)
-    ref_layers = [layer for layer in ref_model.layers if isinstance(layer, kinds)]
-    assert len(ref_layers) == len(order)
-    rng = np.random.default_rng(0)
-    for layer, path in zip(ref_layers, order):
-        weights = [np.asarray(w) for w in layer.get_weights()]
-        if isinstance(layer, kl.Normalization):
-            mean, variance = np.array([0.48, 0.45, 0.4]), np.array([0.05, 0.06, 0.055])
-            layer.set_weights([mean, variance, weights[2]])
-            layer.finalize_state()  # as Keras' weight loading does; set_weights alone does not
-            stats = _at(variables["batch_stats"], path)
-            stats["mean"], stats["variance"] = mean, variance
-            continue
-        params = _at(variables["params"], path)
-        if isinstance(layer, kl.BatchNormalization):
-            values = [v.astype(np.float32) for v in _bn_values(rng, weights[0].shape[0])]
-            layer.set_weights(values)
-            params["scale"], params["bias"] = values[0], values[1]
-            stats = _at(variables["batch_stats"], path)
-            stats["mean"], stats["var"] = values[2], values[3]
-            continue
-        kernel = weights[0]
-        if isinstance(layer, kl.DepthwiseConv2D):  # (kh, kw, C, 1) -> grouped (kh, kw, 1, C)
-            kernel = kernel.transpose(0, 1, 3, 2)
-        params["kernel"] = kernel.reshape(params["kernel"].shape)  # Keras' 1x1 conv_preds: Dense
-        assert kernel.shape[-1] == params["kernel"].shape[-1], path
-        if len(weights) > 1:
-            params["bias"] = weights[1]
-    x = np.random.default_rng(1).uniform(0, scale, size=(2, size, size, 3)).astype(np.float32)
-    expected = ref_model.predict(x, verbose=0)  # one compiled call; eager runs op by op
+        torch = pytest.importorskip("torch")
+        if conv.source == "timm":
+            ref = pytest.importorskip("timm").create_model(conv.reference, num_classes=10)
+        else:
+            ref = getattr(pytest.importorskip("torchvision").models, conv.reference)(num_classes=10)
+        ref.eval()
+        state = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+        with torch.no_grad():
+            expected = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    model = jaxcnn.create_model(name, num_classes=10)
+    variables = weights.convert(state, jaxcnn.init_shapes(model, x.shape), conv)
     got = np.asarray(jax.jit(model.apply)(variables, x))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
