@@ -101,7 +101,7 @@ class AlexNet(nn.Module):
     @property
     def min_size(self) -> int:
         """The smallest square input for which every convolution and pool keeps a pixel."""
-        return next(n for n in range(1, 1024) if self._feature_size(n) >= 1)
+        return layers.smallest_input(self._feature_size)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:

@@ -404,3 +404,8 @@ class InvertedResidual(nn.Module):
                                deterministic=not train, name="drop_path")(x)
             x = x + shortcut
         return x
+
+
+def smallest_input(feature_size: Callable[[int], int], limit: int = 1024) -> int:
+    """The smallest square input for which ``feature_size(n)``, the last map's size, is >= 1."""
+    return next(n for n in range(1, limit) if feature_size(n) >= 1)
