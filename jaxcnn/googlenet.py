@@ -208,14 +208,15 @@ _TV_BRANCHES = {"branch1": "branch1x1", "branch2.0": "branch3x3_reduce", "branch
 _TV_TOP = {"fc": "head", "aux1": "aux1_head", "aux2": "aux2_head"}
 
 
-def torchvision_rename(key: str, *, aux_logits: bool = False) -> str | None:
-    """torchvision GoogLeNet state-dict keys to our variable paths.
+def torchvision_rename(key: str) -> str | None:
+    """torchvision GoogLeNet state-dict keys to our variable paths (``aux1`` -> ``aux1_head``).
 
-    The aux heads are dropped unless ``aux_logits``: torchvision's pretrained file carries aux
-    heads that were never trained (its loader deletes them too).
+    torchvision's pretrained file carries aux heads that were never trained (its loader deletes
+    them unless asked for them); the converter declares them optional, so they load into a
+    model built with ``aux_logits=True`` and are dropped otherwise.
     """
     module, leaf = key.rsplit(".", 1)
-    if leaf == "num_batches_tracked" or (module.startswith("aux") and not aux_logits):
+    if leaf == "num_batches_tracked":
         return None
     for old, new in _TV_BRANCHES.items():
         module = module.replace(f".{old}.", f".{new}.")
@@ -242,7 +243,8 @@ MODELS: dict[str, ModelSpec] = {
             Published(1.498, "gmacs", _TV + " _ops"),
             Published(69.778, "top1", _TV + " acc@1"),
         ),
-        converters=(Converter("torchvision", "googlenet", torchvision_rename),),
+        converters=(Converter("torchvision", "googlenet", torchvision_rename,
+                              optional=("aux1_head", "aux2_head")),),
     ),
     "googlenet_paper": ModelSpec(
         builder=googlenet_paper,

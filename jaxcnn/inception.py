@@ -266,16 +266,17 @@ _TORCH_LEAVES = {
 }
 
 
-def torch_rename(key: str, *, aux_logits: bool = False) -> str | None:
+def torch_rename(key: str) -> str | None:
     """torchvision ``Inception3`` and timm ``inception_v3`` state-dict keys to our paths.
 
     Our names are theirs in lower case (``Conv2d_1a_3x3`` -> ``conv2d_1a_3x3``, ``Mixed_5b`` ->
-    ``mixed_5b``), ``AuxLogits`` -> ``aux_head``, ``fc`` -> ``head``. The aux head is dropped
-    unless ``aux_logits`` (torchvision's file always carries it).
+    ``mixed_5b``), ``AuxLogits`` -> ``aux_head``, ``fc`` -> ``head``. torchvision's file always
+    carries the aux head; the converters declare it optional (loaded into a model built with
+    ``aux_logits=True``, dropped otherwise).
     """
     top, *rest = key.split(".")
     *inner, leaf = rest
-    if leaf == "num_batches_tracked" or (top == "AuxLogits" and not aux_logits):
+    if leaf == "num_batches_tracked":
         return None
     module = "/".join([{"AuxLogits": "aux_head", "fc": "head"}.get(top, top.lower()), *inner])
     return _TORCH_LEAVES["bn" if module.endswith("/bn") else "other"][leaf].format(module)
@@ -350,8 +351,8 @@ MODELS: dict[str, ModelSpec] = {
         ),
         # torchvision builds the aux head by default; it cannot run below 299x299.
         converters=(Converter("torchvision", "inception_v3", torch_rename,
-                              reference_kwargs=(("aux_logits", False),)),
-                    Converter("timm", "inception_v3", torch_rename)),
+                              reference_kwargs=(("aux_logits", False),), optional=("aux_head",)),
+                    Converter("timm", "inception_v3", torch_rename, optional=("aux_head",))),
     ),
     "inception_v3_keras": ModelSpec(
         builder=inception_v3_keras,

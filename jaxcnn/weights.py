@@ -50,6 +50,8 @@ class Converter:
     ``fix`` optionally rewrites an array before the generic layout change (for example the
     flatten order of the first fully-connected layer of VGG and AlexNet).
     ``reference_kwargs`` are passed when the parity tests build the reference.
+    ``optional`` names top-level modules the model may be built without (auxiliary heads):
+    their arrays load when the model has them and are dropped when it does not.
     """
 
     source: str
@@ -57,6 +59,7 @@ class Converter:
     rename: Rename
     fix: Fix | None = None
     reference_kwargs: tuple[tuple[str, Any], ...] = ()
+    optional: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,6 +219,7 @@ def convert(
     :class:`WeightMismatchError` listing every missing, unexpected and misshapen name.
     """
     flat_template = {"/".join(k): v for k, v in traverse_util.flatten_dict(template).items()}
+    absent = set(converter.optional) - {k.split("/")[1] for k in flat_template}
     filled: dict[str, np.ndarray] = {}
     unexpected, misshapen, duplicated = [], [], []
     for key, value in state_dict.items():
@@ -224,7 +228,7 @@ def convert(
         except (ValueError, KeyError, IndexError):  # a name of another scheme or framework
             unexpected.append(key)
             continue
-        if target is None:
+        if target is None or target.split("/")[1] in absent:
             continue
         if target not in flat_template:
             unexpected.append(f"{key} -> {target}")

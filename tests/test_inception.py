@@ -8,7 +8,6 @@ aux_logits collection, and the analytic minimum input sizes.
 
 from __future__ import annotations
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -77,8 +76,7 @@ def test_googlenet_aux_heads_match_torchvision():
     theirs = tv.models.GoogLeNet(aux_logits=True, init_weights=True)
     ours = jaxcnn.create_model("googlenet", aux_logits=True, dropout=0.0, aux_dropout=0.0)
     # 97 pixels: odd sizes at every ceil-mode pool, inception4a at 7x7 (not a multiple of 4).
-    rename = functools.partial(googlenet.torchvision_rename, aux_logits=True)
-    _compare(ours, theirs, rename, 97, aux=(("aux1", 2), ("aux2", 1)))
+    _compare(ours, theirs, googlenet.torchvision_rename, 97, aux=(("aux1", 2), ("aux2", 1)))
 
 
 def _bvlc_googlenet():
@@ -124,7 +122,7 @@ def _bvlc_rename(key):
     module, leaf = key.rsplit(".", 1)
     if module.endswith(".0"):
         module = module[: -len(".0")] + ".conv"
-    return googlenet.torchvision_rename(f"{module}.{leaf}", aux_logits=True)
+    return googlenet.torchvision_rename(f"{module}.{leaf}")
 
 
 @pytest.mark.parity
@@ -142,7 +140,7 @@ def test_inception_v3_aux_head_matches_torchvision():
     tv = pytest.importorskip("torchvision")
     theirs = tv.models.Inception3(aux_logits=True, init_weights=False)
     ours = jaxcnn.create_model("inception_v3", aux_logits=True, dropout=0.0)
-    rename = functools.partial(inception.torch_rename, aux_logits=True)
+    rename = inception.torch_rename
     # Train-mode float32 results of Inception v3 differ from float64 ones by ~5e-5 in PyTorch
     # itself, hence the tolerance.
     _compare(ours, theirs, rename, 299, aux=(("aux1", 1),), atol=5e-4)
@@ -201,3 +199,27 @@ def test_min_size_is_tight(name, aux, size, monkeypatch):
     assert _smallest_feature_map(model, size) >= 1
     assert _smallest_feature_map(model, size - 1) == 0
 
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("name,heads", [("googlenet", ("aux1", "aux2")),
+                                        ("inception_v3", ("AuxLogits",))])
+def test_declared_converter_loads_aux_heads_only_into_a_model_that_has_them(name, heads):
+    tv = pytest.importorskip("torchvision")
+    builder = getattr(tv.models, name)
+    state = {k: v.numpy() for k, v in builder(weights=None, aux_logits=True,
+                                              init_weights=False).state_dict().items()}
+    ours = {"aux1": "aux1_head", "aux2": "aux2_head", "AuxLogits": "aux_head"}
+
+    with_aux = weights.load_pretrained(name, state, from_="torchvision", aux_logits=True)
+    for head in heads:
+        fc = "fc2" if name == "googlenet" else "fc"
+        np.testing.assert_array_equal(with_aux["params"][ours[head]][fc]["bias"],
+                                      state[f"{head}.{fc}.bias"])
+    without = weights.load_pretrained(name, state, from_="torchvision")
+    assert not {ours[h] for h in heads} & set(without["params"])
+
+    # A file without the aux heads cannot fill a model built with them: the error names them.
+    bare = {k: v for k, v in state.items() if not k.startswith(heads)}
+    with pytest.raises(weights.WeightMismatchError, match=ours[heads[0]]):
+        weights.load_pretrained(name, bare, from_="torchvision", aux_logits=True)
