@@ -62,10 +62,11 @@ def load_converted(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[s
 
 
 def transfer(pretrained: Any, fresh: Any, num_classes: int) -> tuple[dict[str, Any], list[str]]:
-    """Copies ``pretrained`` into ``fresh`` except the classifier, which keeps its new init.
+    """Copies ``pretrained`` into ``fresh``; a classifier of another width keeps its new init.
 
     Returns the variables and the names left at their initial value. Only arrays whose last
     axis is the classifier width may differ; any other difference is an architecture mismatch.
+    A classifier of the same width (a later fine-tuning stage) is carried over.
     """
     flat_new = traverse_util.flatten_dict(fresh)
     flat_old = traverse_util.flatten_dict(pretrained)

@@ -169,3 +169,53 @@ def test_head_lr_multiplier_scales_only_the_head_updates():
     np.testing.assert_allclose(updates["head"]["kernel"], -0.1)
     with pytest.raises(ConfigError, match="--head-lr-multiplier must be positive"):
         config.replace(head_lr_multiplier=0.0).validate()
+
+
+def test_a_later_stage_starts_from_an_earlier_runs_workdir(tmp_path):
+    # The two-stage recipe: train (here from scratch), then start a new run from that run's
+    # weights with other freeze settings. Same classes: the head is carried over too.
+    first, _ = _run(tmp_path, name="stage1", max_steps=3)
+    second, log = _run(tmp_path, name="stage2", max_steps=2, freeze="backbone",
+                       pretrained=str(tmp_path / "stage1"))
+    assert second.resumed_from is None
+    assert f"loaded lenet5 weights of step 3 of the run in {tmp_path / 'stage1'}" in log
+    assert "left at their initial value (the new classifier): nothing" in log
+    old, new = _flat(first.params), _flat(second.params)
+    for name in old:
+        if name.startswith("head/"):  # loaded, then trained further
+            assert not np.array_equal(new[name], old[name]), name
+        else:  # loaded and frozen
+            np.testing.assert_array_equal(new[name], old[name], err_msg=name)
+
+
+def test_resuming_with_other_freeze_settings_is_refused_with_the_way_forward(tmp_path):
+    from train.checkpoints import CheckpointError
+
+    _run(tmp_path, name="run", max_steps=2)
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    with pytest.raises(CheckpointError, match=r"freeze: checkpoint 'none', this run 'backbone'"
+                                              r".*pass --freeze none.*--pretrained "):
+        _run(tmp_path, name="run", max_steps=4, freeze="backbone")
+    with pytest.raises(CheckpointError, match=r"pass --head-lr-multiplier 1.0"):
+        _run(tmp_path, name="run", max_steps=4, head_lr_multiplier=10.0)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+
+
+@pytest.mark.parity
+def test_a_weights_file_is_converted_on_the_fly(tmp_path):
+    # A torchvision state dict saved as safetensors, passed straight to --pretrained.
+    tv = pytest.importorskip("torchvision")
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    state = {k: v.numpy() for k, v in tv.models.squeezenet1_1(weights=None).state_dict().items()}
+    path = tmp_path / "squeezenet1_1.safetensors"
+    safetensors_numpy.save_file(state, str(path))
+
+    result, log = _run(tmp_path, arch="squeezenet1_1", pretrained=str(path), freeze="backbone",
+                       max_steps=2)
+    assert f"loaded squeezenet1_1 weights converted from {path}" in log
+    loaded = _flat(jaxcnn.weights.load_pretrained("squeezenet1_1", path)["params"])
+    trained = _flat(result.params)
+    kept = [n for n in loaded if loaded[n].shape == trained[n].shape]
+    assert len(kept) == len(loaded) - 2  # all but the 1000-class classifier's kernel and bias
+    for name in kept:
+        np.testing.assert_array_equal(trained[name], loaded[name], err_msg=name)

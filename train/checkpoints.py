@@ -28,7 +28,7 @@ from orbax.checkpoint import checkpoint_managers
 # shapes of the parameters or of the optimizer state. Other fields (epochs, learning rate, ...)
 # may change on resume.
 STRUCTURAL_FIELDS = ("arch", "num_classes", "channels", "dataset", "optimizer", "grad_accum",
-                     "ema", "aux")
+                     "ema", "aux", "freeze", "param_groups")
 BEST_METRIC = "eval_top1"
 
 
@@ -58,12 +58,17 @@ def _structural(config: dict[str, Any], key: str) -> Any:
         return bool(config.get("ema_decay"))
     if key == "aux":
         return bool(config.get("aux_weight"))
+    if key == "freeze":
+        return config.get("freeze") or "none"
+    if key == "param_groups":  # the optimizer state splits by layer group when this is not 1
+        return config.get("head_lr_multiplier", 1.0) != 1.0
     return config.get(key)
 
 
 def _flag_for(config: dict[str, Any], key: str) -> str:
     """The command-line flag that reproduces ``config``'s structural field ``key``."""
-    name = {"ema": "ema_decay", "aux": "aux_weight"}.get(key, key)
+    name = {"ema": "ema_decay", "aux": "aux_weight",
+            "param_groups": "head_lr_multiplier"}.get(key, key)
     return f"--{name.replace('_', '-')} {config.get(name)}"
 
 
@@ -138,10 +143,13 @@ class Checkpoints:
         if diffs:
             what = "; ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, a, b in diffs)
             fix = "pass " + " ".join(_flag_for(stored, k) for k, _, _ in diffs)
+            workdir = os.path.dirname(self.directory)
             raise CheckpointError(
                 f"{self._step_dir(step)} was written by a different run: {_describe(stored)}, "
                 f"and this run is {_describe(config)} ({what}). To resume that run, {fix}; "
-                f"to start a new one, pass another --workdir (or delete {self.directory}). "
+                f"to start a new one from its weights (e.g. to fine-tune after training with "
+                f"a frozen backbone), pass another --workdir and --pretrained {workdir}; to "
+                f"start afresh, pass another --workdir (or delete {self.directory}). "
                 f"The existing checkpoints were left untouched.")
         return stored
 
@@ -168,6 +176,18 @@ class Checkpoints:
         except Exception as err:  # noqa: BLE001
             raise self._corrupt(step, err, mismatch=True) from err
         return restored.state
+
+    def restore_variables(self, step: int) -> dict[str, Any]:
+        """The ``params`` and ``batch_stats`` saved at ``step`` (the EMA's when the run kept
+        one, as evaluated), without rebuilding the optimizer state they were saved with."""
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+            state = restored.state
+            source = state.get("ema") or state
+            return {"params": source["params"], "batch_stats": source.get("batch_stats") or {}}
+        except Exception as err:  # noqa: BLE001
+            raise self._corrupt(step, err) from err
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -525,7 +525,23 @@ def load_pretrained_variables(config: Config, fresh: dict[str, Any]
     ``config.pretrained``; also returns the names left at their initial value and a
     description of the source."""
     src = config.pretrained
-    if os.path.isdir(src):
+    if os.path.isdir(os.path.join(src, "checkpoints")):  # the --workdir of a training run
+        ckpts = checkpoints_lib.Checkpoints(os.path.join(src, "checkpoints"), read_only=True)
+        try:
+            step = ckpts.best_step() or ckpts.latest_step()
+            if step is None:
+                raise ConfigError(f"--pretrained {src}: that training run saved no checkpoint "
+                                  f"yet; train it first, or pass another source.")
+            stored = ckpts.stored_config(step)
+            variables = ckpts.restore_variables(step)
+        finally:
+            ckpts.close()
+        if stored.get("arch") != config.arch:
+            raise ConfigError(
+                f"--pretrained {src} trained {stored.get('arch')}, not --arch {config.arch}: "
+                f"pass --arch {stored.get('arch')}.")
+        what = f"{stored['arch']} weights of step {step} of the run in {src}"
+    elif os.path.isdir(src):
         try:
             variables, meta = convert_lib.load_converted(src)
         except (FileNotFoundError, weights_lib.WeightMismatchError) as err:

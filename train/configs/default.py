@@ -63,10 +63,13 @@ class Config:
 
     # Transfer learning.
     pretrained: str | None = _f(None, "start from pretrained weights: a directory written by "
-                                "python -m jaxcnn.convert, or a weights file (.pth/.pt/"
-                                ".safetensors/.npz/.h5) converted on the fly; everything but the "
-                                "classifier is loaded, which keeps its new initialisation. Only "
-                                "for a fresh run: a checkpoint in the workdir takes precedence")
+                                "python -m jaxcnn.convert, a weights file (.pth/.pt/"
+                                ".safetensors/.npz/.h5) converted on the fly, or the --workdir "
+                                "of an earlier training run (its best checkpoint; e.g. to "
+                                "fine-tune after a frozen-backbone stage). Everything is loaded "
+                                "but a classifier of another width, which keeps its new "
+                                "initialisation. Only for a fresh run: a checkpoint in the "
+                                "workdir takes precedence")
     freeze: str = _f("none", "parameters the optimizer leaves untouched: none; backbone "
                      "(everything but the classifier); until:LAYER (the top-level layers in "
                      "call order up to and including LAYER, e.g. until:stage2_block2). Frozen "
