@@ -285,9 +285,6 @@ def _torchvision(variant: str, s: Scaling) -> ModelSpec:
     )
 
 
-_KERAS_DECLARED = ("b0", "b1", "b2")
-
-
 def _keras(variant: str, s: Scaling) -> ModelSpec:
     name = f"EfficientNet{variant.upper()}"
     return ModelSpec(
@@ -303,11 +300,7 @@ def _keras(variant: str, s: Scaling) -> ModelSpec:
             Published(s.tv_params, "params", f"Keras {name} trainable params (= torchvision)"),
             Published(s.keras_top1, "top1", _KA + f" (current revision), {name}"),
         ),
-        # B3-B7: rename_keras reads them too, but their parity test is not conclusive yet (with
-        # random BatchNorm statistics Keras' own eval-mode outputs are chaotic there), so they
-        # are declared once tests/test_parity.py conditions them (see _KERAS_DECLARED).
-        converters=((Converter("keras", name, rename_keras, fix=fix_keras),)
-                    if variant in _KERAS_DECLARED else ()),
+        converters=(Converter("keras", name, rename_keras, fix=fix_keras),),
     )
 
 
