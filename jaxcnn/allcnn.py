@@ -73,8 +73,7 @@ class AllCNN(nn.Module):
         self.sow("intermediates", "pre_logits", features)
         if self.num_classes == 0:
             return features
-        x = nn.relu(conv(self.num_classes, (1, 1), padding="VALID", name="head")(x))
-        return layers.global_avg_pool(x.astype(jnp.float32))
+        return layers.class_map_head(x, self.num_classes, conv)
 
 
 MODELS: dict[str, ModelSpec] = {

@@ -281,6 +281,15 @@ def check_image(
         )
 
 
+def class_map_head(x: jax.Array, num_classes: int, conv: Callable, name: str = "head"
+                   ) -> jax.Array:
+    """The all-convolutional classifier (NIN, All-CNN, SqueezeNet): a 1x1 convolution to one
+    map per class (``conv``: the family's ``nn.Conv`` partial), ReLU, global average; the
+    logits are float32 whatever the compute dtype."""
+    x = nn.relu(conv(num_classes, (1, 1), padding="VALID", name=name)(x))
+    return global_avg_pool(x.astype(jnp.float32))
+
+
 def dense_head(
     x: jax.Array, num_classes: int, *, dtype: Dtype, name: str = "head",
     kernel_init: Callable = nn.initializers.lecun_normal(),

@@ -119,9 +119,9 @@ class SqueezeNet(nn.Module):
         if self.num_classes == 0:
             return features
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = nn.Conv(self.num_classes, (1, 1), padding="VALID",
-                    kernel_init=nn.initializers.normal(0.01), dtype=self.dtype, name="head")(x)
-        return layers.global_avg_pool(nn.relu(x).astype(jnp.float32))
+        conv = functools.partial(nn.Conv, kernel_init=nn.initializers.normal(0.01),
+                                 dtype=self.dtype)
+        return layers.class_map_head(x, self.num_classes, conv)
 
 
 # --- Weight converters ------------------------------------------------------------------------
