@@ -209,9 +209,15 @@ def _keras_forward(model, x, training):
 
 def _keras_outputs(model, x):
     state = {w.path: np.array(w.numpy()) for w in model.weights}
-    eval_out = np.asarray(_keras_forward(model, x, False)[0])
-    train_out = np.asarray(_keras_forward(model, x, True)[0])
-    return eval_out, train_out, state
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def both(t, n, x):  # one compilation for both modes
+        return tuple(model.stateless_call(t, n, x, training=training)[0]
+                     for training in (False, True))
+
+    eval_out, train_out = jax.jit(both)(trainable, non_trainable, x)
+    return np.asarray(eval_out), np.asarray(train_out), state
 
 
 def _no_dropout(next_fun, args, kwargs, context):
@@ -248,15 +254,16 @@ def test_converted_weights_match_reference(name, conv):
     template = jaxcnn.init_shapes(model, x.shape)
     variables = weights.convert(state, template, conv)
 
-    # Compiled: op-by-op dispatch of a deep network costs several times the compilation.
-    eval_out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
-
-    def train_forward(v, x):
+    # Compiled once for both modes: op-by-op dispatch of a deep network costs several times
+    # the compilation.
+    def both(v, x):
+        eval_out = model.apply(v, x, train=False)
         with nn.intercept_methods(_no_dropout):
-            return model.apply(v, x, train=True, mutable=["batch_stats"],
-                               rngs={"dropout": jax.random.key(0)})[0]
+            train_out, _ = model.apply(v, x, train=True, mutable=["batch_stats"],
+                                       rngs={"dropout": jax.random.key(0)})
+        return eval_out, train_out
 
-    train_out = jax.jit(train_forward)(variables, x)
+    eval_out, train_out = jax.jit(both)(variables, x)
     errors = {"eval": _rel_err(eval_out, ref_eval), "train": _rel_err(train_out, ref_train)}
     print(f"{name} <- {conv.source}:{conv.reference} max relative error {errors}")
     assert errors["eval"] < TOLERANCE and errors["train"] < TOLERANCE, errors
