@@ -191,7 +191,7 @@ def _keras_reference(conv, size, calibration):
         momenta = [l.momentum for l in bns]
         for layer in bns:
             layer.momentum = 0.0
-        _, moved = _keras_forward(model, calibration, True)
+        [(_, moved)] = _keras_calls(model, calibration, True)
         for variable, value in zip(model.non_trainable_variables, moved):
             variable.assign(value)
         for layer, momentum in zip(bns, momenta):
@@ -199,24 +199,18 @@ def _keras_reference(conv, size, calibration):
     return model
 
 
-def _keras_forward(model, x, training):
-    """One compiled call (Keras' eager call dispatches op by op: 5x slower here)."""
+def _keras_calls(model, x, *modes):
+    """``(outputs, non-trainable variables)`` of one stateless call per training flag in
+    ``modes``, compiled together (Keras' eager call dispatches op by op: 5x slower here)."""
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
-    return jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=training))(
-        trainable, non_trainable, x)
+    return jax.jit(lambda t, n, x: tuple(model.stateless_call(t, n, x, training=m)
+                                         for m in modes))(trainable, non_trainable, x)
 
 
 def _keras_outputs(model, x):
     state = {w.path: np.array(w.numpy()) for w in model.weights}
-    trainable = [v.value for v in model.trainable_variables]
-    non_trainable = [v.value for v in model.non_trainable_variables]
-
-    def both(t, n, x):  # one compilation for both modes
-        return tuple(model.stateless_call(t, n, x, training=training)[0]
-                     for training in (False, True))
-
-    eval_out, train_out = jax.jit(both)(trainable, non_trainable, x)
+    (eval_out, _), (train_out, _) = _keras_calls(model, x, False, True)
     return np.asarray(eval_out), np.asarray(train_out), state
 
 
