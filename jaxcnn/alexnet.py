@@ -28,7 +28,7 @@ Every variant average-pools adaptively to 6x6 before the classifier, as torchvis
 the default input sizes this is the identity, so the networks are exactly the published ones
 there; other sizes (at least ``min_size``) also work. The flatten is in HWC order; torchvision's
 is CHW: ``alexnet`` reads torchvision's weights (:func:`torchvision_rename`), and
-:func:`torch_flatten_fix` permutes fc6's inputs. The other two variants have no reference
+:func:`jaxcnn.spec.torch_flatten_fix` permutes fc6's inputs. The other two variants have no reference
 implementation in torchvision, timm or Keras, hence no converter.
 
 ==============  ===========================================  ===========  =======
@@ -43,17 +43,16 @@ zfnet           ZFNet (imgclsmob ``zfnet``)                   62,357,608  224x22
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
+from jaxcnn.spec import (
+    Converter, ModelSpec, Published, lookup, torch_flatten_fix, torch_layer, torch_parts,
+)
 
 Dtype = Any
 
@@ -142,41 +141,17 @@ class AlexNet(nn.Module):
 # --- Weight converters ------------------------------------------------------------------------
 
 
-def torch_flatten_fix(key: str, array: np.ndarray, shape: tuple[int, ...], *, first_dense: str,
-                      channels: int) -> np.ndarray:
-    """Reorders the inputs of the first dense layer from torch's CHW flatten to our HWC flatten.
-
-    ``first_dense`` is that layer's weight name (``classifier.1.weight`` in AlexNet,
-    ``classifier.0.weight`` in VGG), ``channels`` the number of maps flattened (square maps).
-    Every other array is returned unchanged.
-    """
-    if key != first_dense:
-        return array
-    out, inputs = array.shape
-    side = math.isqrt(inputs // channels)
-    return (array.reshape(out, channels, side, side).transpose(0, 2, 3, 1).reshape(out, inputs))
-
-
 # torchvision's Sequential indices: features.<i> are the convolutions, classifier.<i> the dense.
 _TV_MODULES = {
     "features": {"0": "conv1", "3": "conv2", "6": "conv3", "8": "conv4", "10": "conv5"},
     "classifier": {"1": "fc6", "4": "fc7", "6": "head"},
 }
-_TV_LEAVES = {"weight": "kernel", "bias": "bias"}
 
 
 def torchvision_rename(key: str) -> str | None:
-    """torchvision ``alexnet`` state-dict keys (``features.3.weight``) to our variable paths.
-
-    A name torchvision's AlexNet does not have maps under ``unknown/``, so that
-    :func:`jaxcnn.weights.convert` reports it as unexpected.
-    """
-    parts = key.split(".")
-    if len(parts) != 3:
-        return f"unknown/{key}"
-    part, index, leaf = parts
-    module = _TV_MODULES.get(part, {}).get(index, f"unknown/{part}.{index}")
-    return f"params/{module}/{_TV_LEAVES.get(leaf, leaf)}"
+    """torchvision ``alexnet`` state-dict keys (``features.3.weight``) to our variable paths."""
+    (part, index), leaf = torch_parts(key, 3)
+    return torch_layer(lookup(lookup(_TV_MODULES, part), index), leaf)
 
 
 MODELS: dict[str, ModelSpec] = {

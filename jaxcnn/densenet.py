@@ -33,8 +33,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
+from jaxcnn.spec import (
+    Converter, ModelSpec, NotMine, Published, keras_leaf, keras_parts, lookup, torch_leaf,
+    torch_parts,
+)
 
 # torchvision's kaiming_normal_ (fan_in, gain sqrt(2)) for every convolution.
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -146,30 +148,19 @@ class DenseNet(nn.Module):
 
 # --- Converters: reference array names -> our variable paths ----------------------------------
 
-_LEAVES = {
-    "norm": {"weight": "params/{}/scale", "gamma": "params/{}/scale", "bias": "params/{}/bias",
-             "beta": "params/{}/bias", "running_mean": "batch_stats/{}/mean",
-             "moving_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var",
-             "moving_variance": "batch_stats/{}/var"},
-    "other": {"weight": "params/{}/kernel", "kernel": "params/{}/kernel",
-              "bias": "params/{}/bias"},
-}
-
-
-def _leaf(module: str, leaf: str) -> str:
-    kind = "norm" if module.rsplit("/", 1)[-1].startswith("norm") else "other"
-    return _LEAVES[kind][leaf].format(module)
-
-
 def torchvision_rename(key: str) -> str | None:
     """torchvision DenseNet keys: ours are theirs without ``features.``; ``classifier`` -> head."""
-    module, leaf = key.rsplit(".", 1)
-    if leaf == "num_batches_tracked":
-        return None
-    module = "head" if module == "classifier" else module.removeprefix("features.")
-    return _leaf(module.replace(".", "/"), leaf)
+    path, leaf = torch_parts(key)
+    if path == ["classifier"]:
+        module = "head"
+    elif path[0] == "features" and len(path) > 1:
+        module = "/".join(path[1:])
+    else:
+        raise NotMine(key)
+    return torch_leaf(module, leaf, norm=path[-1].startswith("norm"))
 
 
+_KERAS_TOP = {"conv1_conv": "conv0", "conv1_bn": "norm0", "bn": "norm5", "predictions": "head"}
 _KERAS_UNITS = {"0_bn": "norm1", "1_conv": "conv1", "1_bn": "norm2", "2_conv": "conv2"}
 
 
@@ -179,15 +170,18 @@ def keras_rename(key: str) -> str | None:
     Keras counts its stages from the stem: ``conv2_block3_1_conv`` is denseblock1/denselayer3,
     ``pool2_*`` is transition1.
     """
-    layer, leaf = key.split("/")
-    fixed = {"conv1_conv": "conv0", "conv1_bn": "norm0", "bn": "norm5", "predictions": "head"}
-    if layer in fixed:
-        return _leaf(fixed[layer], leaf)
+    layer, leaf = keras_parts(key)
+    if layer in _KERAS_TOP:
+        return keras_leaf(_KERAS_TOP[layer], leaf)
     if match := re.fullmatch(r"conv(\d)_block(\d+)_(\d_\w+)", layer):
         stage, index, unit = match.groups()
-        return _leaf(f"denseblock{int(stage) - 1}/denselayer{index}/{_KERAS_UNITS[unit]}", leaf)
-    stage, unit = re.fullmatch(r"pool(\d)_(bn|conv)", layer).groups()
-    return _leaf(f"transition{int(stage) - 1}/{'norm' if unit == 'bn' else 'conv'}", leaf)
+        module = f"denseblock{int(stage) - 1}/denselayer{index}/{lookup(_KERAS_UNITS, unit)}"
+    elif match := re.fullmatch(r"pool(\d)_(bn|conv)", layer):
+        stage, unit = match.groups()
+        module = f"transition{int(stage) - 1}/{'norm' if unit == 'bn' else 'conv'}"
+    else:
+        raise NotMine(key)
+    return keras_leaf(module, leaf)
 
 
 def _specs(name: str, blocks: tuple[int, ...], params: int, keras_total: int, gmacs: float,

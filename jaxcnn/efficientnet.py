@@ -60,6 +60,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -67,9 +68,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.mobilenet import keras_layer, torch_conv_bn, torch_dense, torch_mbconv
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
+from jaxcnn.spec import (
+    Converter, ModelSpec, NotMine, Published, keras_leaf, keras_parts, lookup, number,
+    torch_inverted_residual, torch_parts, torchvision_stack_ends,
+)
 
 # B0, paper Table 1: (expand ratio, kernel, stride, input channels, output channels, repeats).
 B0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
@@ -174,7 +176,8 @@ class EfficientNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight converters (the name helpers are MobileNet's: same blocks, same naming schemes)
+# Weight converters (the blocks are MobileNet's, and so are the naming schemes; the shared
+# pieces are jaxcnn.spec's)
 
 # Sub-layers of a torchvision MBConv, in order; stage 1 (expand ratio 1) has no expansion.
 _TV_PARTS = ("expand", "depthwise", "squeeze_excite", "project")
@@ -182,28 +185,25 @@ _TV_PARTS = ("expand", "depthwise", "squeeze_excite", "project")
 
 def rename_torchvision(key: str) -> str | None:
     """torchvision ``efficientnet_b*`` -> :class:`EfficientNet` (any width and depth)."""
-    *path, leaf = key.split(".")
-    if leaf == "num_batches_tracked":
-        return None
-    if path[0] == "classifier":
-        return torch_dense({"1": "head"}[path[1]], leaf)
+    path, leaf = torch_parts(key)
+    last = len(B0_STAGES) + 1
+    if (end := torchvision_stack_ends(path, leaf, last=last, classifier={"1": "head"})):
+        return end
+    if len(path) < 4 or path[3] != "block":
+        raise NotMine(key)
     i = int(path[1])
-    if i == 0:
-        return torch_conv_bn("stem", path[2], leaf)
-    if i == len(B0_STAGES) + 1:
-        return torch_conv_bn("final_conv", path[2], leaf)
     parts = _TV_PARTS[1:] if B0_STAGES[i - 1][0] == 1 else _TV_PARTS
-    return torch_mbconv(f"stage{i}_block{int(path[2]) + 1}", parts, path[4:], leaf)
+    return torch_inverted_residual(f"stage{i}_block{number(path[2]) + 1}", parts, path[4:], leaf)
 
 
-# Keras layer-name suffix of a block -> (our sub-module, is BatchNorm).
-_KERAS_PARTS = {"expand_conv": ("expand/conv", False), "expand_bn": ("expand", True),
-                "dwconv": ("depthwise/conv", False), "bn": ("depthwise", True),
-                "se_reduce": ("squeeze_excite/reduce", False),
-                "se_expand": ("squeeze_excite/expand", False),
-                "project_conv": ("project/conv", False), "project_bn": ("project", True)}
-_KERAS_TOP = {"stem_conv": "stem/conv", "stem_bn": "stem", "top_conv": "final_conv/conv",
-              "top_bn": "final_conv", "predictions": "head"}
+# Keras layer-name suffix of a block -> our sub-module.
+_KERAS_PARTS = {"expand_conv": "expand/conv", "expand_bn": "expand/bn",
+                "dwconv": "depthwise/conv", "bn": "depthwise/bn",
+                "se_reduce": "squeeze_excite/reduce", "se_expand": "squeeze_excite/expand",
+                "project_conv": "project/conv", "project_bn": "project/bn"}
+_KERAS_TOP = {"stem_conv": "stem/conv", "stem_bn": "stem/bn", "top_conv": "final_conv/conv",
+              "top_bn": "final_conv/bn", "predictions": "head"}
+_KERAS_NORMALIZATION = ("mean", "variance", "count")
 
 
 def rename_keras(key: str) -> str | None:
@@ -211,18 +211,17 @@ def rename_keras(key: str) -> str | None:
 
     ``block{stage}{letter}_{part}``: the stage 1-7 and the block a, b, c, ... within it.
     """
-    layer, leaf = key.split("/")
-    if layer == "normalization":
-        if leaf not in ("mean", "variance", "count"):
-            raise KeyError(key)
+    layer, leaf = keras_parts(key)
+    if layer == "normalization" and leaf in _KERAS_NORMALIZATION:
         return f"batch_stats/normalization/{leaf}"
     if layer in _KERAS_TOP:
-        return keras_layer(_KERAS_TOP[layer], leaf)
-    block, part = layer.split("_", 1)
-    if not (block.startswith("block") and len(block) == 7):
-        raise KeyError(layer)
-    module, _ = _KERAS_PARTS[part]
-    return keras_layer(f"stage{int(block[5])}_block{ord(block[6]) - ord('a') + 1}/{module}", leaf)
+        return keras_leaf(_KERAS_TOP[layer], leaf)
+    match = re.fullmatch(r"block(\d)([a-z])_(\w+)", layer)
+    if match is None:
+        raise NotMine(key)
+    stage, letter, part = match.groups()
+    block = f"stage{stage}_block{ord(letter) - ord('a') + 1}"
+    return keras_leaf(f"{block}/{lookup(_KERAS_PARTS, part)}", leaf)
 
 
 def fix_keras(key: str, array, shape):

@@ -41,8 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
+from jaxcnn.spec import Converter, ModelSpec, Published, torch_leaf, torch_parts
 
 # (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj) per module: the paper's Table 1.
 INCEPTION_CONFIG: dict[str, tuple[int, int, int, int, int, int]] = {
@@ -197,11 +196,6 @@ class GoogLeNet(nn.Module):
 
 # --- Converters: reference array names -> our variable paths ----------------------------------
 
-_TORCH_LEAVES = {
-    "bn": {"weight": "params/{}/scale", "bias": "params/{}/bias",
-           "running_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var"},
-    "other": {"weight": "params/{}/kernel", "bias": "params/{}/bias"},
-}
 _TV_BRANCHES = {"branch1": "branch1x1", "branch2.0": "branch3x3_reduce", "branch2.1": "branch3x3",
                 "branch3.0": "branch5x5_reduce", "branch3.1": "branch5x5",
                 "branch4.1": "pool_proj"}
@@ -215,13 +209,12 @@ def torchvision_rename(key: str) -> str | None:
     them unless asked for them); the converter declares them optional, so they load into a
     model built with ``aux_logits=True`` and are dropped otherwise.
     """
-    module, leaf = key.rsplit(".", 1)
-    if leaf == "num_batches_tracked":
-        return None
+    path, leaf = torch_parts(key)
+    module = ".".join(path)
     for old, new in _TV_BRANCHES.items():
         module = module.replace(f".{old}.", f".{new}.")
     module = "/".join(_TV_TOP.get(part, part) for part in module.split("."))
-    return _TORCH_LEAVES["bn" if module.endswith("/bn") else "other"][leaf].format(module)
+    return torch_leaf(module, leaf, norm=module.endswith("/bn"))
 
 
 googlenet_paper = functools.partial(

@@ -45,8 +45,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter, WeightMismatchError
+from jaxcnn.spec import (
+    Converter, ModelSpec, NotMine, Published, WeightMismatchError, keras_leaf, keras_parts,
+    torch_leaf, torch_parts,
+)
 
 ConvBlock = Callable[..., nn.Module]
 
@@ -259,13 +261,6 @@ class Inception3(nn.Module):
 
 # --- Converters: reference array names -> our variable paths ----------------------------------
 
-_TORCH_LEAVES = {
-    "bn": {"weight": "params/{}/scale", "bias": "params/{}/bias",
-           "running_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var"},
-    "other": {"weight": "params/{}/kernel", "bias": "params/{}/bias"},
-}
-
-
 def torch_rename(key: str) -> str | None:
     """torchvision ``Inception3`` and timm ``inception_v3`` state-dict keys to our paths.
 
@@ -274,12 +269,9 @@ def torch_rename(key: str) -> str | None:
     carries the aux head; the converters declare it optional (loaded into a model built with
     ``aux_logits=True``, dropped otherwise).
     """
-    top, *rest = key.split(".")
-    *inner, leaf = rest
-    if leaf == "num_batches_tracked":
-        return None
+    (top, *inner), leaf = torch_parts(key)
     module = "/".join([{"AuxLogits": "aux_head", "fc": "head"}.get(top, top.lower()), *inner])
-    return _TORCH_LEAVES["bn" if module.endswith("/bn") else "other"][leaf].format(module)
+    return torch_leaf(module, leaf, norm=module.endswith("/bn"))
 
 
 def _keras_conv_order() -> tuple[str, ...]:
@@ -300,9 +292,6 @@ def _keras_conv_order() -> tuple[str, ...]:
 
 
 _KERAS_ORDER = _keras_conv_order()
-_KERAS_LEAVES = {"kernel": "params/{}/conv/kernel", "beta": "params/{}/bn/bias",
-                 "moving_mean": "batch_stats/{}/bn/mean",
-                 "moving_variance": "batch_stats/{}/bn/var"}
 
 
 def keras_rename(key: str) -> str | None:
@@ -313,20 +302,20 @@ def keras_rename(key: str) -> str | None:
     order. The numbers are those of a fresh Keras 3 session; a second model built in the same
     session continues the count and cannot be told apart.
     """
-    layer, leaf = key.split("/")
+    layer, leaf = keras_parts(key)
     if layer == "predictions":
-        return f"params/head/{leaf}"
-    match = re.fullmatch(r"(?:conv2d|batch_normalization)(?:_(\d+))?", layer)
+        return keras_leaf("head", leaf)
+    match = re.fullmatch(r"(conv2d|batch_normalization)(?:_(\d+))?", layer)
     if match is None:
-        raise WeightMismatchError(f"{key}: Keras' InceptionV3 has no layer named {layer!r}.")
-    index = int(match.group(1) or 0)
+        raise NotMine(key)
+    kind, index = match.group(1), int(match.group(2) or 0)
     if index >= len(_KERAS_ORDER):
         raise WeightMismatchError(
             f"{key}: Keras numbers InceptionV3's unnamed layers per session and {layer} lies "
             f"beyond the {len(_KERAS_ORDER)} of one model. Build the Keras model in a fresh "
             "session (keras.backend.clear_session()) before saving its weights."
         )
-    return _KERAS_LEAVES[leaf].format(_KERAS_ORDER[index])
+    return keras_leaf(f"{_KERAS_ORDER[index]}/{'conv' if kind == 'conv2d' else 'bn'}", leaf)
 
 
 inception_v3_keras = functools.partial(

@@ -55,6 +55,7 @@ mobilenet_v3_small       2,542,856  2,554,968    0.057  torchvision mobilenet_v3
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -62,8 +63,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
+from jaxcnn.spec import (
+    Converter, ModelSpec, NotMine, Published, keras_leaf, keras_parts, lookup, nth, number,
+    torch_conv_norm, torch_inverted_residual, torch_leaf, torch_parts, torchvision_stack_ends,
+)
 
 PADDINGS = ("symmetric", "keras")
 
@@ -316,35 +319,7 @@ class MobileNetV3(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight converters: the reference's array names -> ours. The helpers are shared with
-# EfficientNet (same blocks, same naming schemes).
-
-_TORCH_BN = {"weight": "params/{}/scale", "bias": "params/{}/bias",
-             "running_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var"}
-_KERAS_BN = {"gamma": "params/{}/scale", "beta": "params/{}/bias",
-             "moving_mean": "batch_stats/{}/mean", "moving_variance": "batch_stats/{}/var"}
-
-
-def torch_conv_bn(module: str, index: str, leaf: str) -> str | None:
-    """A torch ``Conv2dNormActivation`` (``.0`` conv, ``.1`` BatchNorm) -> our ``ConvBN``."""
-    if leaf == "num_batches_tracked":
-        return None
-    if index == "0":
-        return f"params/{module}/conv/{ {'weight': 'kernel'}[leaf] }"
-    return _TORCH_BN[leaf].format(f"{module}/bn")
-
-
-def torch_dense(module: str, leaf: str) -> str:
-    """A torch Linear or a 1x1 convolution with bias (SE) -> our Dense/Conv."""
-    return f"params/{module}/{ {'weight': 'kernel', 'bias': 'bias'}[leaf] }"
-
-
-def keras_layer(module: str, leaf: str) -> str:
-    """A Keras Conv2D/DepthwiseConv2D/Dense/BatchNormalization weight -> ours."""
-    if leaf in _KERAS_BN:
-        return _KERAS_BN[leaf].format(f"{module}/bn")
-    kind = {"kernel": "kernel", "depthwise_kernel": "kernel", "bias": "bias"}[leaf]
-    return f"params/{module}/{kind}"
+# Weight converters: the reference's array names -> ours (vocabulary of jaxcnn.spec).
 
 
 def stage_block(index: int, repeats: tuple[int, ...]) -> str:
@@ -353,43 +328,45 @@ def stage_block(index: int, repeats: tuple[int, ...]) -> str:
         if index < n:
             return f"stage{stage}_block{index + 1}"
         index -= n
-    raise IndexError(f"block {index} beyond the last stage")
+    raise NotMine(f"block {index} beyond the last stage")
 
 
 _V1_TIMM_STAGES = (1, 2, 2, 6, 2)  # timm groups the 13 blocks by output stride
-_V1_TIMM_LAYERS = {"conv_dw": ("depthwise", "conv"), "bn1": ("depthwise", "bn"),
-                   "conv_pw": ("pointwise", "conv"), "bn2": ("pointwise", "bn")}
+_V1_TIMM_TOP = {"conv_stem": "stem/conv", "bn1": "stem/bn", "classifier": "head"}
+_V1_TIMM_LAYERS = {"conv_dw": "depthwise/conv", "bn1": "depthwise/bn",
+                   "conv_pw": "pointwise/conv", "bn2": "pointwise/bn"}
 
 
 def rename_timm_v1(key: str) -> str | None:
     """timm ``mobilenetv1_*`` -> :class:`MobileNetV1`."""
-    *path, leaf = key.split(".")
-    if leaf == "num_batches_tracked":
-        return None
-    if path == ["conv_stem"]:
-        return torch_conv_bn("stem", "0", leaf)
-    if path == ["bn1"]:
-        return torch_conv_bn("stem", "1", leaf)
-    if path == ["classifier"]:
-        return torch_dense("head", leaf)
-    _, stage, block, layer = path
-    module, kind = _V1_TIMM_LAYERS[layer]
-    name = f"block{sum(_V1_TIMM_STAGES[:int(stage)]) + int(block) + 1}/{module}"
-    return torch_conv_bn(name, "0" if kind == "conv" else "1", leaf)
+    path, leaf = torch_parts(key)
+    if len(path) == 1:
+        module = lookup(_V1_TIMM_TOP, path[0])
+    elif len(path) == 4 and path[0] == "blocks":
+        _, stage, block, layer = path
+        first = sum(_V1_TIMM_STAGES[:number(stage)])
+        module = f"block{first + number(block) + 1}/{lookup(_V1_TIMM_LAYERS, layer)}"
+    else:
+        raise NotMine(key)
+    return torch_leaf(module, leaf, norm=module.endswith("/bn"))
+
+
+_KERAS_V1_KINDS = {"dw": "depthwise", "pw": "pointwise"}
 
 
 def rename_keras_v1(key: str) -> str | None:
     """``keras.applications.MobileNet`` (any alpha) -> :class:`MobileNetV1` (``padding="keras"``)."""
-    layer, leaf = key.split("/")
+    layer, leaf = keras_parts(key)
     if layer == "conv_preds":
-        return keras_layer("head", leaf)
-    layer, bn = (layer[:-3], True) if layer.endswith("_bn") else (layer, False)
-    if layer == "conv1":
+        return keras_leaf("head", leaf)
+    unit, bn = (layer[:-3], True) if layer.endswith("_bn") else (layer, False)
+    if unit == "conv1":
         module = "stem"
+    elif match := re.fullmatch(r"conv_(dw|pw)_(\d+)", unit):
+        module = f"block{int(match.group(2))}/{_KERAS_V1_KINDS[match.group(1)]}"
     else:
-        kind, n = layer.split("_")[1:]
-        module = f"block{int(n)}/{ {'dw': 'depthwise', 'pw': 'pointwise'}[kind] }"
-    return keras_layer(module if bn else f"{module}/conv", leaf)
+        raise NotMine(key)
+    return keras_leaf(f"{module}/{'bn' if bn else 'conv'}", leaf)
 
 
 _V2_REPEATS = tuple(n for _, _, n, _ in V2_STAGES)
@@ -401,69 +378,56 @@ def rename_torchvision_v2(key: str) -> str | None:
     ``features.{i}.conv`` holds [expand (Conv-BN-ReLU6)], depthwise (Conv-BN-ReLU6), project
     conv, project BN; the first block has no expansion.
     """
-    *path, leaf = key.split(".")
-    if leaf == "num_batches_tracked":
-        return None
-    if path[0] == "classifier":
-        return torch_dense("head", leaf)
+    path, leaf = torch_parts(key)
+    last = sum(_V2_REPEATS) + 1
+    if (end := torchvision_stack_ends(path, leaf, last=last, classifier={"1": "head"})):
+        return end
+    if len(path) not in (4, 5) or path[2] != "conv":
+        raise NotMine(key)
     i = int(path[1])
-    if i == 0:
-        return torch_conv_bn("stem", path[2], leaf)
-    if i == sum(_V2_REPEATS) + 1:
-        return torch_conv_bn("final_conv", path[2], leaf)
-    block = stage_block(i - 1, _V2_REPEATS)
     parts = (["expand"] if i > 1 else []) + ["depthwise", "project/conv", "project/bn"]
-    part = parts[int(path[3])]
-    if part.startswith("project"):
-        return torch_conv_bn(f"{block}/project", "0" if part.endswith("conv") else "1", leaf)
-    return torch_conv_bn(f"{block}/{part}", path[4], leaf)
+    part = nth(parts, path[3])
+    module = f"{stage_block(i - 1, _V2_REPEATS)}/{part}"
+    if part.startswith("project") and len(path) == 4:
+        return torch_leaf(module, leaf, norm=part.endswith("/bn"))
+    if not part.startswith("project") and len(path) == 5:
+        return torch_conv_norm(module, path[4], leaf)
+    raise NotMine(key)
 
 
 def rename_keras_v2(key: str) -> str | None:
     """``keras.applications.MobileNetV2`` -> :class:`MobileNetV2` (``padding="keras"``)."""
-    layer, leaf = key.split("/")
+    layer, leaf = keras_parts(key)
     if layer == "predictions":
-        return keras_layer("head", leaf)
+        return keras_leaf("head", leaf)
     bn = layer.lower().endswith("_bn")
-    layer = layer[:-3] if bn else layer
-    if layer in ("Conv1", "bn_Conv1"):
-        module = "stem"
-        bn = layer == "bn_Conv1"
-    elif layer == "Conv_1":
+    unit = layer[:-3] if bn else layer
+    if unit in ("Conv1", "bn_Conv1"):
+        module, bn = "stem", unit == "bn_Conv1"
+    elif unit == "Conv_1":
         module = "final_conv"
+    elif match := re.fullmatch(r"(?:expanded_conv|block_(\d+))_(expand|depthwise|project)", unit):
+        module = f"{stage_block(int(match.group(1) or 0), _V2_REPEATS)}/{match.group(2)}"
     else:
-        prefix, part = layer.rsplit("_", 1)
-        index = 0 if prefix == "expanded_conv" else int(prefix.split("_")[1])
-        module = f"{stage_block(index, _V2_REPEATS)}/{part}"
-    return keras_layer(module if bn else f"{module}/conv", leaf)
+        raise NotMine(key)
+    return keras_leaf(f"{module}/{'bn' if bn else 'conv'}", leaf)
 
 
-def torch_mbconv(block: str, parts: tuple[str, ...], path: list[str], leaf: str) -> str | None:
-    """One torchvision MBConv/InvertedResidual (``block.{k}``) whose sub-layers are ``parts``."""
-    part = parts[int(path[0])]
-    if part == "squeeze_excite":
-        return torch_dense(f"{block}/squeeze_excite/{ {'fc1': 'reduce', 'fc2': 'expand'}[path[1]] }",
-                           leaf)
-    return torch_conv_bn(f"{block}/{part}", path[1], leaf)
-
-
-def rename_torchvision_v3(key: str, blocks: tuple[tuple[int, int, int, bool, str, int], ...]) -> str | None:
+def rename_torchvision_v3(key: str, blocks: tuple[tuple[int, int, int, bool, str, int], ...]
+                          ) -> str | None:
     """torchvision ``mobilenet_v3_large/small`` -> :class:`MobileNetV3` with ``blocks``."""
-    *path, leaf = key.split(".")
-    if leaf == "num_batches_tracked":
-        return None
-    if path[0] == "classifier":
-        return torch_dense({"0": "head_hidden", "3": "head"}[path[1]], leaf)
+    path, leaf = torch_parts(key)
+    classifier = {"0": "head_hidden", "3": "head"}
+    if (end := torchvision_stack_ends(path, leaf, last=len(blocks) + 1, classifier=classifier)):
+        return end
+    if path[2] != "block":
+        raise NotMine(key)
     i = int(path[1])
-    if i == 0:
-        return torch_conv_bn("stem", path[2], leaf)
-    if i == len(blocks) + 1:
-        return torch_conv_bn("final_conv", path[2], leaf)
     _, expanded, _, se, _, _ = blocks[i - 1]
     in_features = blocks[i - 2][2] if i > 1 else 16
     parts = ((["expand"] if expanded != in_features else []) + ["depthwise"]
              + (["squeeze_excite"] if se else []) + ["project"])
-    return torch_mbconv(f"block{i}", tuple(parts), path[3:], leaf)
+    return torch_inverted_residual(f"block{i}", tuple(parts), path[3:], leaf)
 
 
 # ---------------------------------------------------------------------------------------------

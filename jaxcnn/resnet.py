@@ -82,8 +82,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
+from jaxcnn.spec import (
+    Converter, ModelSpec, NotMine, Published, keras_leaf, keras_parts, lookup, number, torch_leaf,
+    torch_parts,
+)
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 """Bottleneck widths ("planes") of the four stages; outputs are these times the expansion."""
@@ -331,60 +333,56 @@ class ResNetV2(nn.Module):
 
 # --- Converters: reference array names -> our variable paths ----------------------------------
 
-_TORCH_LEAVES = {
-    "bn": {"weight": "params/{}/scale", "bias": "params/{}/bias",
-           "running_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var"},
-    "other": {"weight": "params/{}/kernel", "bias": "params/{}/bias"},
-}
-
-
 def _torch_module(parts: list[str]) -> str:
-    if parts[0] in ("conv1", "bn1"):  # torchvision stem
+    if parts in (["conv1"], ["bn1"]):  # torchvision stem
         return f"stem/conv1/{parts[0][:-1]}"
-    if parts[0] == "layer0":  # Cadene/timm stem: conv1, bn1 (, conv2, bn2, conv3, bn3)
-        return f"stem/conv{parts[1][-1]}/{parts[1][:-1]}"
-    if parts[0] in ("fc", "last_linear"):
+    if parts[0] == "layer0" and len(parts) == 2:  # Cadene/timm stem: conv1, bn1 (, conv2 ...)
+        unit = lookup({"conv": "conv", "bn": "bn"}, parts[1][:-1])
+        return f"stem/conv{number(parts[1][-1])}/{unit}"
+    if parts in (["fc"], ["last_linear"]):
         return "head"
-    block = f"stage{parts[0][len('layer'):]}_block{int(parts[1]) + 1}"
-    if parts[2] == "downsample":
-        return f"{block}/downsample/{'conv' if parts[3] == '0' else 'bn'}"
-    if parts[2] == "se_module":
-        return f"{block}/squeeze_excite/{'reduce' if parts[3] == 'fc1' else 'expand'}"
-    return f"{block}/conv{parts[2][-1]}/{parts[2][:-1]}"  # conv2 / bn2
+    if not parts[0].startswith("layer") or len(parts) < 3:
+        raise NotMine(".".join(parts))
+    block = f"stage{number(parts[0][len('layer'):])}_block{number(parts[1]) + 1}"
+    if parts[2] == "downsample" and len(parts) == 4:
+        return f"{block}/downsample/{lookup({'0': 'conv', '1': 'bn'}, parts[3])}"
+    if parts[2] == "se_module" and len(parts) == 4:
+        return f"{block}/squeeze_excite/{lookup({'fc1': 'reduce', 'fc2': 'expand'}, parts[3])}"
+    if len(parts) != 3:
+        raise NotMine(".".join(parts))
+    unit = lookup({"conv": "conv", "bn": "bn"}, parts[2][:-1])
+    return f"{block}/conv{number(parts[2][-1])}/{unit}"  # conv2 / bn2
 
 
 def torch_rename(key: str) -> str | None:
     """torchvision ResNet and timm/Cadene legacy SENet state-dict keys to our variable paths."""
-    *parts, leaf = key.split(".")
-    if leaf == "num_batches_tracked":
-        return None
+    parts, leaf = torch_parts(key)
     module = _torch_module(parts)
-    return _TORCH_LEAVES["bn" if module.endswith("bn") else "other"][leaf].format(module)
+    return torch_leaf(module, leaf, norm=module.endswith("bn"))
 
 
-_KERAS_LEAVES = {"kernel": "params/{}/kernel", "bias": "params/{}/bias",
-                 "gamma": "params/{}/scale", "beta": "params/{}/bias",
-                 "moving_mean": "batch_stats/{}/mean", "moving_variance": "batch_stats/{}/var"}
+_KERAS_UNITS = {
+    "0_conv": "downsample/conv", "0_bn": "downsample/bn", "preact_bn": "preact_bn",
+    "1_conv": "conv1/conv", "1_bn": "conv1/bn", "2_conv": "conv2/conv", "2_bn": "conv2/bn",
+    "3_conv": "conv3/conv", "3_bn": "conv3/bn",
+}
+_KERAS_TOP = {"conv1_conv": "stem/conv1/conv", "conv1_bn": "stem/conv1/bn",
+              "predictions": "head", "post_bn": "post_bn"}
 
 
 def keras_rename(key: str) -> str | None:
-    """Keras ResNet50/101/152 and ResNet50V2/101V2/152V2 ``layer/weight`` names to ours."""
-    layer, leaf = key.split("/")
-    if layer in ("conv1_conv", "conv1_bn"):
-        # The V1 stem is a conv+BN unit; the V2 stem a bare convolution.
-        module = {"conv1_conv": "stem/conv1/conv", "conv1_bn": "stem/conv1/bn"}[layer]
-    elif layer in ("predictions", "post_bn"):
-        module = {"predictions": "head"}.get(layer, layer)
-    else:
-        stage, block, unit = re.fullmatch(r"conv(\d)_block(\d+)_(\w+)", layer).groups()
-        prefix = f"stage{int(stage) - 1}_block{block}"
-        module = {
-            "0_conv": "downsample/conv", "0_bn": "downsample/bn", "preact_bn": "preact_bn",
-            "1_conv": "conv1/conv", "1_bn": "conv1/bn", "2_conv": "conv2/conv", "2_bn": "conv2/bn",
-            "3_conv": "conv3/conv", "3_bn": "conv3/bn",
-        }[unit]
-        module = f"{prefix}/{module}"
-    return _KERAS_LEAVES[leaf].format(module)
+    """Keras ResNet50/101/152 and ResNet50V2/101V2/152V2 ``layer/weight`` names to ours.
+
+    The V1 stem is a conv+BN unit, the V2 stem a bare convolution (see :func:`keras_v2_rename`).
+    """
+    layer, leaf = keras_parts(key)
+    if layer in _KERAS_TOP:
+        return keras_leaf(_KERAS_TOP[layer], leaf)
+    match = re.fullmatch(r"conv(\d)_block(\d+)_(\w+)", layer)
+    if match is None:
+        raise NotMine(key)
+    stage, block, unit = match.groups()
+    return keras_leaf(f"stage{int(stage) - 1}_block{block}/{lookup(_KERAS_UNITS, unit)}", leaf)
 
 
 def keras_v2_rename(key: str) -> str | None:

@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
+from jaxcnn.spec import Converter, ModelSpec, Published, lookup, torch_layer, torch_parts
 
 Dtype = Any
 
@@ -126,9 +125,6 @@ class SqueezeNet(nn.Module):
 
 # --- Weight converters ------------------------------------------------------------------------
 
-_TV_LEAVES = {"weight": "kernel", "bias": "bias"}
-
-
 @functools.lru_cache(maxsize=None)
 def _torchvision_modules(pool_after: tuple[int, ...]) -> dict[str, str]:
     """torchvision's ``features.<i>``/``classifier.<i>`` prefix of each of our modules.
@@ -149,11 +145,9 @@ def torchvision_rename(key: str, *, pool_after: tuple[int, ...]) -> str | None:
     Bound to a variant with ``functools.partial(torchvision_rename, pool_after=(4, 8))``:
     torchvision's indices depend on where the pools are.
     """
-    *module, leaf = key.split(".")
-    ours = _torchvision_modules(pool_after).get(".".join(module[:2]))
-    if ours is None:
-        return f"unknown/{key}"  # not torchvision's SqueezeNet: reported as unexpected
-    return "/".join(["params", ours, *module[2:], _TV_LEAVES.get(leaf, leaf)])
+    path, leaf = torch_parts(key)
+    ours = lookup(_torchvision_modules(pool_after), ".".join(path[:2]))
+    return torch_layer("/".join([ours, *path[2:]]), leaf)
 
 
 def _converters(name: str, pool_after: tuple[int, ...]) -> tuple[Converter, ...]:

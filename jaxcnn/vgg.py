@@ -15,7 +15,7 @@ adaptive pool (their counts equal torchvision's); Keras flattens the final 7x7x5
 order, as this module does, while torchvision flattens CHW (a weight converter permutes fc1's
 rows). Layer names follow Keras (``block1_conv1`` ... ``fc1``, ``fc2``); the classifier is
 ``head``. Every variant reads torchvision's weights (:func:`torchvision_rename`, with
-:func:`jaxcnn.alexnet.torch_flatten_fix` for fc1); ``vgg16`` and ``vgg19`` also read Keras'
+:func:`jaxcnn.spec.torch_flatten_fix` for fc1); ``vgg16`` and ``vgg19`` also read Keras'
 ``VGG16``/``VGG19`` (:func:`keras_rename`, no fix: Keras flattens HWC too).
 
 ========  ======  ============  ========  ============
@@ -38,9 +38,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.alexnet import torch_flatten_fix
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
+from jaxcnn.spec import (
+    Converter, ModelSpec, Published, keras_leaf, keras_parts, lookup, torch_flatten_fix,
+    torch_leaf, torch_parts,
+)
 
 Dtype = Any
 
@@ -102,17 +103,7 @@ class VGG(nn.Module):
 
 # --- Weight converters ------------------------------------------------------------------------
 
-_LEAVES = {
-    "conv": {"weight": "params/{}/kernel", "kernel": "params/{}/kernel", "bias": "params/{}/bias"},
-    "bn": {"weight": "params/{}/scale", "bias": "params/{}/bias",
-           "running_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var"},
-}
 _TV_CLASSIFIER = {"0": "fc1", "3": "fc2", "6": "head"}
-
-
-def _leaf(module: str, leaf: str) -> str:
-    leaves = _LEAVES["bn" if module.endswith("/bn") else "conv"]
-    return leaves.get(leaf, "params/{}/" + leaf).format(module)
 
 
 @functools.lru_cache(maxsize=None)
@@ -138,29 +129,21 @@ def torchvision_rename(key: str, *, depth: int, batch_norm: bool) -> str | None:
     Bound to a variant with ``functools.partial(torchvision_rename, depth=16, batch_norm=False)``:
     torchvision's layer indices depend on the configuration.
     """
-    parts = key.split(".")
-    if len(parts) != 3:
-        return f"unknown/{key}"  # not torchvision's VGG: reported as unexpected
-    part, index, leaf = parts
-    if leaf == "num_batches_tracked":
-        return None
-    table = (_torchvision_features(STAGE_SIZES[depth], batch_norm) if part == "features"
-             else _TV_CLASSIFIER if part == "classifier" else {})
-    module = table.get(index, f"unknown/{part}.{index}")
-    return _leaf(module, leaf)
+    (part, index), leaf = torch_parts(key, 3)
+    tables = {"features": _torchvision_features(STAGE_SIZES[depth], batch_norm),
+              "classifier": _TV_CLASSIFIER}
+    module = lookup(lookup(tables, part), index)
+    return torch_leaf(module, leaf, norm=module.endswith("/bn"))
 
 
 def keras_rename(key: str) -> str | None:
     """Keras ``VGG16``/``VGG19`` names (``block1_conv1/kernel``, ``fc1/bias``) to ours."""
-    parts = key.split("/")
-    if len(parts) != 2:
-        return f"unknown/{key}"  # not Keras' VGG: reported as unexpected
-    layer, leaf = parts
+    layer, leaf = keras_parts(key)
     if layer.startswith("block"):
         layer = f"{layer}/conv"
     elif layer == "predictions":
         layer = "head"
-    return _leaf(layer, leaf)
+    return keras_leaf(layer, leaf)
 
 
 _TV = "torchvision 0.29.1 {}_Weights meta"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from jaxcnn import googlenet, inception, weights
+from jaxcnn import convert, googlenet, inception, weights
 
 def _randomize_bn(module):
     """Non-trivial BatchNorm parameters and running statistics, so eval mode tests them."""
@@ -211,15 +211,15 @@ def test_declared_converter_loads_aux_heads_only_into_a_model_that_has_them(name
                                               init_weights=False).state_dict().items()}
     ours = {"aux1": "aux1_head", "aux2": "aux2_head", "AuxLogits": "aux_head"}
 
-    with_aux = weights.load_pretrained(name, state, from_="torchvision", aux_logits=True)
+    with_aux = convert.load_pretrained(name, state, from_="torchvision", aux_logits=True)
     for head in heads:
         fc = "fc2" if name == "googlenet" else "fc"
         np.testing.assert_array_equal(with_aux["params"][ours[head]][fc]["bias"],
                                       state[f"{head}.{fc}.bias"])
-    without = weights.load_pretrained(name, state, from_="torchvision")
+    without = convert.load_pretrained(name, state, from_="torchvision")
     assert not {ours[h] for h in heads} & set(without["params"])
 
     # A file without the aux heads cannot fill a model built with them: the error names them.
     bare = {k: v for k, v in state.items() if not k.startswith(heads)}
     with pytest.raises(weights.WeightMismatchError, match=ours[heads[0]]):
-        weights.load_pretrained(name, bare, from_="torchvision", aux_logits=True)
+        convert.load_pretrained(name, bare, from_="torchvision", aux_logits=True)

@@ -18,7 +18,7 @@ import pytest
 from flax import linen as nn
 
 import jaxcnn
-from jaxcnn import weights
+from jaxcnn import convert, weights
 
 pytestmark = pytest.mark.parity
 
@@ -49,7 +49,7 @@ BRANCH_ENDS_TORCH = ("bn3",)  # torchvision and timm bottlenecks
 # Keras: ResNet v1 and EfficientNet branches end in a BatchNorm, ResNet v2 ones in a conv.
 BRANCH_ENDS_KERAS = ("_3_bn", "_project_bn", "_3_conv")
 CALIBRATION_BATCH = 32
-CASES = [(name, conv) for name in jaxcnn.list_models() for conv in weights.converters_for(name)]
+CASES = [(name, conv) for name in jaxcnn.list_models() for conv in convert.converters_for(name)]
 # Inputs the reference cannot take at our default small size (Keras' flattening VGG head).
 PARITY_SIZE = {("vgg16", "keras"): 224, ("vgg19", "keras"): 224}
 # Inception v3 at its minimum (75) ends on a 1x1 grid where train-mode BatchNorm over two

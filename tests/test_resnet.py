@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from jaxcnn import resnet, weights
+from jaxcnn import convert, resnet, weights
 
 NUM_CLASSES = 11
 TOLERANCE = 1e-4
 
 
 def _converter(name):
-    (conv,) = weights.converters_for(name)
+    (conv,) = convert.converters_for(name)
     return conv
 
 

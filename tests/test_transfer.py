@@ -213,7 +213,7 @@ def test_a_weights_file_is_converted_on_the_fly(tmp_path):
     result, log = _run(tmp_path, arch="squeezenet1_1", pretrained=str(path), freeze="backbone",
                        max_steps=2)
     assert f"loaded squeezenet1_1 weights converted from {path}" in log
-    loaded = _flat(jaxcnn.weights.load_pretrained("squeezenet1_1", path)["params"])
+    loaded = _flat(jaxcnn.convert.load_pretrained("squeezenet1_1", path)["params"])
     trained = _flat(result.params)
     kept = [n for n in loaded if loaded[n].shape == trained[n].shape]
     assert len(kept) == len(loaded) - 2  # all but the 1000-class classifier's kernel and bias
