@@ -17,22 +17,17 @@ import pytest
 
 import jaxcnn
 from jaxcnn import convert, googlenet, inception, weights
+from conftest import randomize_torch_batchnorm
 
 def _randomize_bn(module):
-    """Non-trivial BatchNorm parameters and running statistics, so eval mode tests them."""
+    """Random BatchNorm state (tests/conftest.py) and no dropout: random masks cannot agree
+    across frameworks."""
     import torch
 
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-            if isinstance(m, torch.nn.Dropout):  # random masks cannot agree across frameworks
-                m.p = 0.0
+    randomize_torch_batchnorm(module)
+    for m in module.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
     return module
 
 
