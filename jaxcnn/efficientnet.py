@@ -25,8 +25,8 @@ What differs between the two released weight sets, and what each variant here fo
   so a converter must store ``std**2`` as ``variance`` here. Keras models take pixels in
   [0, 255].
 * **Input size.** Both use the paper's sizes except for B2: torchvision evaluates its B2
-  weights at 288x288 (1.088 GMACs), the paper and Keras at 260x260 (published_params.md sec. 13
-  item 10). Any size of at least 1x1 runs (the pooling before the head is global).
+  weights at 288x288 (1.088 GMACs), the paper and Keras at 260x260 (docs/sources.md sec. 3.3).
+  Any size of at least 1x1 runs (the pooling before the head is global).
 * Parameters are identical (Keras trainable = torchvision); the SE bottleneck is a quarter of
   the block's *input* width.
 
@@ -60,7 +60,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from typing import Any
 
 import flax.linen as nn
@@ -69,8 +68,8 @@ import jax.numpy as jnp
 
 from jaxcnn import layers
 from jaxcnn.spec import (
-    Converter, ModelSpec, NotMine, Published, keras_leaf, keras_parts, lookup, number,
-    torch_inverted_residual, torch_parts, torchvision_stack_ends,
+    Converter, ModelSpec, NotMine, Published, groups, keras_leaf, keras_parts, lookup, number,
+    torch_inverted_residual, torch_parts, torchvision_meta, torchvision_stack_ends,
 )
 
 # B0, paper Table 1: (expand ratio, kernel, stride, input channels, output channels, repeats).
@@ -103,20 +102,17 @@ class InputNormalization(nn.Module):
         return ((x / 255.0 - mean.value) / std).astype(x.dtype)
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(layers.Classifier):
     """EfficientNet: the B0 stages of :data:`B0_STAGES` scaled by ``width`` and ``depth``."""
 
     width: float = 1.0
     depth: float = 1.0
     dropout_rate: float = 0.2
     drop_path_rate: float = 0.2
-    num_classes: int = 1000
     padding: str = "symmetric"
     input_normalization: bool = False
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
 
     # Symmetric k // 2 padding and Keras' correct_pad both map 1 pixel to 1 pixel at stride 2.
     min_size = 1
@@ -131,14 +127,12 @@ class EfficientNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="EfficientNet")
-        x = x.astype(self.dtype)
+        x = self.check_input(x, model="EfficientNet")
         if self.padding not in ("symmetric", "keras"):
             raise ValueError(f"padding must be 'symmetric' or 'keras', not {self.padding!r}")
         if self.input_normalization:
             x = InputNormalization(name="normalization")(x)
-        norm = layers.batch_norm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 axis_name=self.axis_name, dtype=self.dtype)
+        norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon)
         conv = functools.partial(layers.ConvBN, norm=norm, act=nn.silu,
                                  kernel_init=layers.kaiming_normal_fan_out, dtype=self.dtype)
         stem_pad = layers.keras_correct_pad(x.shape[1:3], 3) if self.padding == "keras" else 1
@@ -163,14 +157,9 @@ class EfficientNet(nn.Module):
                 block_id += 1
 
         x = conv(self.round_channels(FINAL_FEATURES), 1, name="final_conv")(x, train=train)
-        x = layers.global_avg_pool(x)
-        self.sow("intermediates", "pre_logits", x)
-        if not self.num_classes:
-            return x.astype(jnp.float32)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         # torchvision's uniform(+-1/sqrt(classes)) = Keras' VarianceScaling(1/3, fan_out, uniform).
-        return layers.dense_head(
-            x, self.num_classes, dtype=self.dtype,
+        return self.forward_head(
+            x, train=train, dropout_rate=self.dropout_rate,
             kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_out", "uniform"),
         )
 
@@ -216,10 +205,7 @@ def rename_keras(key: str) -> str | None:
         return f"batch_stats/normalization/{leaf}"
     if layer in _KERAS_TOP:
         return keras_leaf(_KERAS_TOP[layer], leaf)
-    match = re.fullmatch(r"block(\d)([a-z])_(\w+)", layer)
-    if match is None:
-        raise NotMine(key)
-    stage, letter, part = match.groups()
+    stage, letter, part = groups(r"block(\d)([a-z])_(\w+)", layer)
     block = f"stage{stage}_block{ord(letter) - ord('a') + 1}"
     return keras_leaf(f"{block}/{lookup(_KERAS_PARTS, part)}", leaf)
 
@@ -249,8 +235,9 @@ class Scaling:
     keras_top1: float
 
 
-# width, depth, dropout (paper / torchvision / Keras); sizes; published figures
-# (published_params.md sec. 10).
+# width, depth, dropout (paper / torchvision / Keras); input sizes; published figures: params,
+# GMACs and top-1 of torchvision's EfficientNet_B*_Weights.IMAGENET1K_V1 meta, Keras totals of
+# the keras.io Applications table (exact-integer revision), Keras top-1 of its current revision.
 SCALING: dict[str, Scaling] = {
     "b0": Scaling(1.0, 1.0, 0.2, 224, 224, 5_288_548, 0.386, 77.692, 5_330_571, 77.1),
     "b1": Scaling(1.0, 1.1, 0.2, 240, 240, 7_794_184, 0.687, 78.642, 7_856_239, 79.1),
@@ -262,7 +249,6 @@ SCALING: dict[str, Scaling] = {
     "b7": Scaling(2.0, 3.1, 0.5, 600, 600, 66_347_960, 37.746, 84.122, 66_658_687, 84.3),
 }
 
-_TV = "torchvision 0.29.1 Weights meta"
 _KA = "keras.io Applications table"
 
 
@@ -275,11 +261,8 @@ def _torchvision(variant: str, s: Scaling) -> ModelSpec:
                                   dropout_rate=s.dropout, **bn),
         input_shape=(s.tv_size, s.tv_size, 3),
         reference=f"torchvision efficientnet_{variant} (torchvision 0.29.1){size_note}",
-        published=(
-            Published(s.tv_params, "params", _TV),
-            Published(s.tv_gmacs, "gmacs", _TV + f" (at {s.tv_size}x{s.tv_size})"),
-            Published(s.tv_top1, "top1", _TV + " (IMAGENET1K_V1)"),
-        ),
+        published=torchvision_meta(f"EfficientNet_{variant.upper()}", s.tv_params, s.tv_gmacs,
+                                   s.tv_top1),
         converters=(Converter("torchvision", f"efficientnet_{variant}", rename_torchvision),),
     )
 
@@ -296,7 +279,9 @@ def _keras(variant: str, s: Scaling) -> ModelSpec:
                       if variant == "b2" else "")),
         published=(
             Published(s.keras_total, "keras_total", _KA + f" (exact-integer revision), {name}"),
-            Published(s.tv_params, "params", f"Keras {name} trainable params (= torchvision)"),
+            Published(s.tv_params, "params",
+                      f"Keras 3.15.1 keras.applications.{name}(weights=None) trainable "
+                      "(= torchvision)"),
             Published(s.keras_top1, "top1", _KA + f" (current revision), {name}"),
         ),
         converters=(Converter("keras", name, rename_keras, fix=fix_keras),),

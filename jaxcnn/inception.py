@@ -37,7 +37,6 @@ live in ``aux_head``.
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -46,8 +45,8 @@ import jax.numpy as jnp
 
 from jaxcnn import layers
 from jaxcnn.spec import (
-    Converter, ModelSpec, NotMine, Published, WeightMismatchError, keras_leaf, keras_parts,
-    torch_leaf, torch_parts,
+    TORCHVISION_META, Converter, ModelSpec, Published, WeightMismatchError, groups, keras_leaf,
+    keras_parts, torch_leaf, torch_parts,
 )
 
 ConvBlock = Callable[..., nn.Module]
@@ -190,7 +189,7 @@ class InceptionAux(nn.Module):
                                  kernel_init=_AUX_FC_INIT)
 
 
-class Inception3(nn.Module):
+class Inception3(layers.Classifier):
     """Inception v3; the defaults are torchvision's, ``inception_v3_keras`` sets Keras' fields.
 
     ``bn_scale``/``bn_epsilon``/``bn_momentum`` configure every BatchNorm (momentum in Flax's
@@ -198,9 +197,6 @@ class Inception3(nn.Module):
     branches (False is TensorFlow's "same" pooling).
     """
 
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
     aux_logits: bool = False
     dropout: float = 0.5
     bn_scale: bool = True
@@ -215,11 +211,9 @@ class Inception3(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="Inception v3")
-        x = x.astype(self.dtype)
-        norm = layers.batch_norm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 use_scale=self.bn_scale, axis_name=self.axis_name,
-                                 dtype=self.dtype)
+        x = self.check_input(x, model="Inception v3")
+        norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                               use_scale=self.bn_scale)
         conv = functools.partial(layers.ConvBN, norm=norm, use_bias=False, dtype=self.dtype,
                                  kernel_init=_INIT)
         pad = self.pool_count_include_pad
@@ -251,12 +245,7 @@ class Inception3(nn.Module):
         x = InceptionE(conv, pad, name="mixed_7b")(x, train=train)
         x = InceptionE(conv, pad, name="mixed_7c")(x, train=train)
 
-        x = layers.global_avg_pool(x).astype(jnp.float32)
-        self.sow("intermediates", "pre_logits", x)
-        if not self.num_classes:
-            return x
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return layers.dense_head(x, self.num_classes, dtype=self.dtype, kernel_init=_INIT)
+        return self.forward_head(x, train=train, dropout_rate=self.dropout, kernel_init=_INIT)
 
 
 # --- Converters: reference array names -> our variable paths ----------------------------------
@@ -305,10 +294,8 @@ def keras_rename(key: str) -> str | None:
     layer, leaf = keras_parts(key)
     if layer == "predictions":
         return keras_leaf("head", leaf)
-    match = re.fullmatch(r"(conv2d|batch_normalization)(?:_(\d+))?", layer)
-    if match is None:
-        raise NotMine(key)
-    kind, index = match.group(1), int(match.group(2) or 0)
+    kind, suffix = groups(r"(conv2d|batch_normalization)(?:_(\d+))?", layer)
+    index = int(suffix or 0)
     if index >= len(_KERAS_ORDER):
         raise WeightMismatchError(
             f"{key}: Keras numbers InceptionV3's unnamed layers per session and {layer} lies "
@@ -322,7 +309,7 @@ inception_v3_keras = functools.partial(
     Inception3, bn_scale=False, bn_momentum=0.99, pool_count_include_pad=False, dropout=0.0,
 )
 
-_TV = "torchvision 0.29.1 Inception_V3_Weights.IMAGENET1K_V1 meta"
+_TV = TORCHVISION_META.format("Inception_V3")
 _KA = "keras.io Applications table (exact-integer revision), InceptionV3"
 
 MODELS: dict[str, ModelSpec] = {
@@ -331,10 +318,14 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(299, 299, 3),
         reference="torchvision.models.inception_v3 (Inception3)",
         published=(
-            Published(23_834_568, "params", "imgclsmob / timm inception_v3 (no aux head)"),
+            Published(23_834_568, "params",
+                      "osmr/imgclsmob gluon/README.md, InceptionV3 (no aux head; = timm 1.0.31 "
+                      "inception_v3)"),
             Published(27_161_264, "params", _TV + " num_params (with AuxLogits)",
                       overrides=(("aux_logits", True),)),
-            Published(23_869_000, "keras_total", "MXNet Gluon model zoo inceptionv3"),
+            Published(23_869_000, "keras_total",
+                      "apache/mxnet docs/api/python/gluon/model_zoo.md, inceptionv3 "
+                      "(docs/sources.md sec. 3.5)"),
             Published(5.713, "gmacs", _TV + " _ops"),
             Published(77.294, "top1", _TV + " acc@1"),
         ),
@@ -349,7 +340,8 @@ MODELS: dict[str, ModelSpec] = {
         reference="keras.applications.InceptionV3 (Keras 3.15.1)",
         published=(
             Published(23_851_784, "keras_total", _KA),
-            Published(23_817_352, "params", "Keras InceptionV3 trainable params"),
+            Published(23_817_352, "params",
+                      "Keras 3.15.1 keras.applications.InceptionV3(weights=None) trainable"),
             Published(77.9, "top1", _KA),
         ),
         converters=(Converter("keras", "InceptionV3", keras_rename),),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import flax.linen as nn
@@ -49,6 +50,19 @@ class Published:
     source: str
     overrides: tuple[tuple[str, Any], ...] = ()
     rounded: bool = False
+
+
+TORCHVISION_META = "torchvision 0.29.1 {}_Weights.IMAGENET1K_V1 meta"
+
+
+def torchvision_meta(weights: str, params: int, gmacs: float, top1: float
+                     ) -> tuple[Published, Published, Published]:
+    """The figures of ``torchvision.models.<weights>_Weights.IMAGENET1K_V1.meta``:
+    ``num_params``, ``_ops`` (GMACs) and ``acc@1``."""
+    source = TORCHVISION_META.format(weights)
+    return (Published(params, "params", f"{source} num_params"),
+            Published(gmacs, "gmacs", f"{source} _ops"),
+            Published(top1, "top1", f"{source} acc@1"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +133,15 @@ def number(text: str) -> int:
     return int(text)
 
 
+def groups(pattern: str, name: str) -> tuple[str | None, ...]:
+    """The groups of ``pattern`` matching all of ``name``; a name it does not match belongs to
+    another scheme."""
+    found = re.fullmatch(pattern, name)
+    if found is None:
+        raise NotMine(name)
+    return found.groups()
+
+
 def nth(items: Sequence[T], text: str) -> T:
     """``items[int(text)]`` for a Sequential index ``text`` the scheme has."""
     index = number(text)
@@ -132,7 +155,8 @@ def torch_parts(key: str, count: int | None = None) -> tuple[list[str], str]:
     ``(["layer1", "0", "conv1"], "weight")``. ``count`` is the number of dotted parts the
     scheme's keys have (at least 2 when None). Keras names (``layer/weight``) are not torch's."""
     parts = key.split(".")
-    if "/" in key or not all(parts) or len(parts) != (count or max(len(parts), 2)):
+    wrong_count = len(parts) < 2 if count is None else len(parts) != count
+    if "/" in key or not all(parts) or wrong_count:
         raise NotMine(key)
     return parts[:-1], parts[-1]
 

@@ -152,7 +152,8 @@ FAULTS = {
         {"zoo": "def f():\n    from train import train\n"},
         "zoo imports the trainer"),
     "a private read": (
-        {"registry": "_REGISTRY = {}\n", "convert": "from pkg import registry\nregistry._REGISTRY\n"},
+        {"registry": "_REGISTRY = {}\n",
+         "convert": "from pkg import registry\nregistry._REGISTRY\n"},
         "private name read across modules: convert: registry._REGISTRY"),
 }
 

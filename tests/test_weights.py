@@ -238,7 +238,8 @@ KERAS_KEYS = [
     "conv5_block16_2_conv/kernel", "block9z_foo/kernel", "conv9_block1_9_conv/kernel",
     "dense/kernel", "a/b/c", "nokernel", "normalization/foo",
 ]
-CONVERTERS = [(name, conv) for name in jaxcnn.list_models() for conv in convert.converters_for(name)]
+CONVERTERS = [(name, conv) for name in jaxcnn.list_models()
+              for conv in convert.converters_for(name)]
 
 
 @pytest.mark.parametrize("name,conv", CONVERTERS, ids=[f"{n}-{c.source}" for n, c in CONVERTERS])
