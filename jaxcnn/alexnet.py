@@ -28,8 +28,8 @@ Every variant average-pools adaptively to 6x6 before the classifier, as torchvis
 the default input sizes this is the identity, so the networks are exactly the published ones
 there; other sizes (at least ``min_size``) also work. The flatten is in HWC order; torchvision's
 is CHW: ``alexnet`` reads torchvision's weights (:func:`torchvision_rename`), and
-:func:`torch_flatten_fix` permutes fc6's inputs. The other two variants have no reference
-implementation in torchvision, timm or Keras, hence no converter.
+:func:`jaxcnn.spec.torch_flatten_fix` permutes fc6's inputs. The other two variants have no
+reference implementation in torchvision, timm or Keras, hence no converter.
 
 ==============  ===========================================  ===========  =======
 variant         network (reference followed)                 params       input
@@ -43,19 +43,15 @@ zfnet           ZFNet (imgclsmob ``zfnet``)                   62,357,608  224x22
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
-
-Dtype = Any
+from jaxcnn.spec import (
+    Converter, ModelSpec, Published, lookup, torch_flatten_fix, torch_layer, torch_parts,
+    torchvision_meta,
+)
 
 # PyTorch's default Conv2d/Linear initialisation (kaiming_uniform with a=sqrt(5)).
 _torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
@@ -70,7 +66,7 @@ def _pooled_size(size: int, window: int, stride: int, ceil_mode: bool) -> int:
     return max(out, 0)
 
 
-class AlexNet(nn.Module):
+class AlexNet(layers.Classifier):
     """Five convolutions (``convs``), three max pools, two hidden dense layers, a classifier.
 
     ``convs`` holds one ``(features, kernel, stride, padding, groups)`` row per convolution.
@@ -85,9 +81,6 @@ class AlexNet(nn.Module):
     dropout_before_dense: bool = False
     hidden: int = 4096
     dropout_rate: float = 0.5
-    num_classes: int = 1000
-    dtype: Dtype = jnp.float32
-    axis_name: str | None = None  # no BatchNorm; kept so every model accepts it
 
     pool_after = (0, 1, 4)  # max pooling follows conv1, conv2 and conv5
 
@@ -105,8 +98,7 @@ class AlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="AlexNet")
-        x = x.astype(self.dtype)
+        x = self.check_input(x, model="AlexNet")
         for i, (features, kernel, stride, padding, groups) in enumerate(self.convs):
             x = nn.Conv(
                 features, (kernel, kernel), strides=(stride, stride),
@@ -131,30 +123,10 @@ class AlexNet(nn.Module):
             x = nn.relu(x)
             if not self.dropout_before_dense:
                 x = dropout()(x)
-        x = x.astype(jnp.float32)
-        self.sow("intermediates", "pre_logits", x)
-        if self.num_classes == 0:
-            return x
-        return layers.dense_head(x, self.num_classes, dtype=self.dtype,
-                                 kernel_init=_torch_default_init)
+        return self.forward_head(x, train=train, pool=False, kernel_init=_torch_default_init)
 
 
 # --- Weight converters ------------------------------------------------------------------------
-
-
-def torch_flatten_fix(key: str, array: np.ndarray, shape: tuple[int, ...], *, first_dense: str,
-                      channels: int) -> np.ndarray:
-    """Reorders the inputs of the first dense layer from torch's CHW flatten to our HWC flatten.
-
-    ``first_dense`` is that layer's weight name (``classifier.1.weight`` in AlexNet,
-    ``classifier.0.weight`` in VGG), ``channels`` the number of maps flattened (square maps).
-    Every other array is returned unchanged.
-    """
-    if key != first_dense:
-        return array
-    out, inputs = array.shape
-    side = math.isqrt(inputs // channels)
-    return (array.reshape(out, channels, side, side).transpose(0, 2, 3, 1).reshape(out, inputs))
 
 
 # torchvision's Sequential indices: features.<i> are the convolutions, classifier.<i> the dense.
@@ -162,21 +134,12 @@ _TV_MODULES = {
     "features": {"0": "conv1", "3": "conv2", "6": "conv3", "8": "conv4", "10": "conv5"},
     "classifier": {"1": "fc6", "4": "fc7", "6": "head"},
 }
-_TV_LEAVES = {"weight": "kernel", "bias": "bias"}
 
 
 def torchvision_rename(key: str) -> str | None:
-    """torchvision ``alexnet`` state-dict keys (``features.3.weight``) to our variable paths.
-
-    A name torchvision's AlexNet does not have maps under ``unknown/``, so that
-    :func:`jaxcnn.weights.convert` reports it as unexpected.
-    """
-    parts = key.split(".")
-    if len(parts) != 3:
-        return f"unknown/{key}"
-    part, index, leaf = parts
-    module = _TV_MODULES.get(part, {}).get(index, f"unknown/{part}.{index}")
-    return f"params/{module}/{_TV_LEAVES.get(leaf, leaf)}"
+    """torchvision ``alexnet`` state-dict keys (``features.3.weight``) to our variable paths."""
+    (part, index), leaf = torch_parts(key, 3)
+    return torch_layer(lookup(lookup(_TV_MODULES, part), index), leaf)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -191,7 +154,8 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(227, 227, 3),
         reference="Krizhevsky et al. 2012 as Caffe bvlc_alexnet (groups=2), paper LRN constants",
         published=(
-            Published(60_965_224, "params", "DLBS models table (Caffe bvlc_alexnet, groups=2)"),
+            Published(60_965_224, "params",
+                      "HewlettPackard dlcookbook-dlbs models table (Caffe bvlc_alexnet, groups=2)"),
         ),
     ),
     "alexnet": ModelSpec(
@@ -204,9 +168,7 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(224, 224, 3),
         reference="torchvision 0.29.1 models.alexnet",
         published=(
-            Published(61_100_840, "params", "torchvision 0.29.1 AlexNet_Weights meta num_params"),
-            Published(0.714, "gmacs", "torchvision 0.29.1 AlexNet_Weights meta _ops"),
-            Published(56.522, "top1", "torchvision 0.29.1 AlexNet_Weights meta acc@1"),
+            *torchvision_meta("AlexNet", 61_100_840, 0.714, 56.522),
         ),
         converters=(
             Converter("torchvision", "alexnet", torchvision_rename,
@@ -225,7 +187,7 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(224, 224, 3),
         reference="imgclsmob (pytorchcv) zfnet",
         published=(
-            Published(62_357_608, "params", "imgclsmob gluon README, ZFNet"),
+            Published(62_357_608, "params", "osmr/imgclsmob gluon/README.md, ZFNet"),
         ),
     ),
 }

@@ -23,20 +23,17 @@ allcnn_c   All-CNN-C for CIFAR-10 (reference: the paper)    1,369,738
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxcnn import layers
 from jaxcnn.spec import ModelSpec, Published
 
-Dtype = Any
 
-
-class AllCNN(nn.Module):
+class AllCNN(layers.Classifier):
     """All-CNN: 3x3 convolutions, strided ones instead of pooling, 1x1 class maps, global mean.
 
     ``widths`` are the two stage widths; each stage has three 3x3 convolutions, the last one with
@@ -46,17 +43,14 @@ class AllCNN(nn.Module):
     widths: tuple[int, int] = (96, 192)
     input_dropout: float = 0.2
     dropout_rate: float = 0.5
-    num_classes: int = 10
-    dtype: Dtype = jnp.float32
-    axis_name: str | None = None  # no BatchNorm; kept so every model accepts it
+    num_classes: int = dataclasses.field(default=10, kw_only=True)
 
     # Two stride-2 convolutions (padding 1) take 9 pixels to 3, which the unpadded 3x3 needs.
     min_size = 9
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="All-CNN-C")
-        x = x.astype(self.dtype)
+        x = self.check_input(x, model="All-CNN-C")
         conv = functools.partial(nn.Conv, kernel_init=nn.initializers.he_normal(),
                                  dtype=self.dtype)
         x = nn.Dropout(self.input_dropout, deterministic=not train)(x)
@@ -69,11 +63,7 @@ class AllCNN(nn.Module):
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.relu(conv(self.widths[-1], (3, 3), padding="VALID", name="conv7")(x))
         x = nn.relu(conv(self.widths[-1], (1, 1), padding="VALID", name="conv8")(x))
-        features = layers.global_avg_pool(x.astype(jnp.float32))
-        self.sow("intermediates", "pre_logits", features)
-        if self.num_classes == 0:
-            return features
-        return layers.class_map_head(x, self.num_classes, conv)
+        return self.forward_head(x, train=train, class_maps=conv)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -84,8 +74,8 @@ MODELS: dict[str, ModelSpec] = {
         reference="Springenberg et al. 2015, Table 2, All-CNN-C (no reference code)",
         published=(
             Published(1_369_738, "params",
-                      "Springenberg et al. 2015 All-CNN-C ('1.3M'); exact in published Keras "
-                      "summaries"),
+                      "computed from Springenberg et al. 2015, Table 2, All-CNN-C (the paper "
+                      "rounds it to '1.3M'; docs/sources.md sec. 3.6)"),
         ),
     ),
 }

@@ -1,4 +1,9 @@
-"""Convert torchvision/timm/Keras weights into an Orbax checkpoint that jaxcnn and train load.
+"""Foreign weights for registered variants: by name, as Orbax checkpoints, into a new head.
+
+Above the registry: :func:`load_pretrained` finds a variant's declared converters and runs the
+engine of :mod:`jaxcnn.weights` on them; :func:`save_converted`/:func:`load_converted` store the
+result; :func:`transfer` moves it into a network with another classifier. The command line
+converts a file once for the trainer:
 
     python -m jaxcnn.convert resnet50-0676ba61.pth --arch resnet50 --out weights/resnet50
     python -m train.main --arch resnet50 --pretrained weights/resnet50 --num-classes 10
@@ -14,14 +19,53 @@ import argparse
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from flax import traverse_util
 
 from jaxcnn import registry, weights
+from jaxcnn.spec import Converter, WeightMismatchError
+from jaxcnn.summary import init_shapes
 
 META = "jaxcnn.json"
+
+
+def converters_for(name: str) -> tuple[Converter, ...]:
+    """The reference implementations whose weights variant ``name`` can read."""
+    return registry.model_info(name).converters
+
+
+def load_pretrained(
+    name: str,
+    source: str | os.PathLike | Mapping[str, Any],
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    from_: str | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Builds variables for variant ``name`` from a weights file or mapping.
+
+    ``from_`` picks the reference framework (``"torchvision"``, ``"timm"``, ``"keras"``); by
+    default, every converter the variant declares is tried on the arrays' names and the one
+    that accounts for all of them is used.
+    """
+    state = weights.load_state_dict(source)
+    template = init_shapes(name, input_shape, **overrides)
+    declared = converters_for(name)
+    candidates = [c for c in declared if from_ is None or c.source == from_]
+    if not candidates:
+        raise WeightMismatchError(
+            f"{name} declares no converter from {from_!r}; it reads: "
+            + ", ".join(f"{c.source} {c.reference}" for c in declared) + "."
+        )
+    errors = []
+    for conv in candidates:
+        try:
+            return weights.convert(state, template, conv)
+        except WeightMismatchError as err:
+            errors.append(str(err))
+    raise WeightMismatchError("\n".join(errors))
 
 
 def save_converted(directory: str | os.PathLike, variables: Any, *, arch: str, source: str,
@@ -34,7 +78,7 @@ def save_converted(directory: str | os.PathLike, variables: Any, *, arch: str, s
         raise FileExistsError(f"{directory} exists; choose a new --out directory.")
     directory.mkdir(parents=True)
     ocp.PyTreeCheckpointer().save(directory / "variables", variables)
-    meta = {"arch": registry._resolve(arch), "num_classes": num_classes, "source": source}
+    meta = {"arch": registry.resolve(arch), "num_classes": num_classes, "source": source}
     (directory / META).write_text(json.dumps(meta, indent=2))
     return directory
 
@@ -54,7 +98,7 @@ def load_converted(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[s
     try:
         variables = ocp.PyTreeCheckpointer().restore(directory / "variables")
     except Exception as err:  # Orbax raises several types for damaged files
-        raise weights.WeightMismatchError(
+        raise WeightMismatchError(
             f"The checkpoint in {directory} cannot be read ({type(err).__name__}: {err}). "
             "It may be incomplete or corrupt: convert the weights again."
         ) from err
@@ -84,7 +128,7 @@ def transfer(pretrained: Any, fresh: Any, num_classes: int) -> tuple[dict[str, A
                          f"{np.shape(new)}")
     extra = sorted("/".join(k) for k in set(flat_old) - set(flat_new))
     if wrong or extra:
-        raise weights.WeightMismatchError(
+        raise WeightMismatchError(
             "The pretrained weights do not fit this architecture: "
             + "; ".join(wrong[:10] + [f"unused {e}" for e in extra[:10]])
             + ". Use the --arch the weights were converted for."
@@ -108,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     info = registry.model_info(args.arch)
     num_classes = args.num_classes or info.num_classes
-    variables = weights.load_pretrained(args.arch, args.source, from_=args.from_,
-                                        num_classes=num_classes)
+    variables = load_pretrained(args.arch, args.source, from_=args.from_,
+                                num_classes=num_classes)
     out = save_converted(args.out, variables, arch=args.arch,
                          source=f"{args.from_ or 'auto'}:{os.path.basename(args.source)}",
                          num_classes=num_classes)

@@ -33,8 +33,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
+from jaxcnn.spec import (
+    Converter, ModelSpec, NotMine, Published, keras_leaf, keras_parts, lookup, torch_leaf,
+    torch_parts, torchvision_meta,
+)
 
 # torchvision's kaiming_normal_ (fan_in, gain sqrt(2)) for every convolution.
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -94,12 +96,9 @@ class Transition(nn.Module):
         return layers.avg_pool(x, 2, 2)
 
 
-class DenseNet(nn.Module):
+class DenseNet(layers.Classifier):
     """DenseNet-BC with torchvision's defaults (DenseNet-121)."""
 
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
     growth_rate: int = 32
     block_config: tuple[int, ...] = (6, 12, 24, 16)
     num_init_features: int = 64
@@ -116,10 +115,8 @@ class DenseNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="DenseNet")
-        x = x.astype(self.dtype)
-        norm = layers.batch_norm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 axis_name=self.axis_name, dtype=self.dtype)
+        x = self.check_input(x, model="DenseNet")
+        norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon)
 
         x = nn.Conv(self.num_init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
                     use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT, name="conv0")(x)
@@ -136,40 +133,24 @@ class DenseNet(nn.Module):
                 x = Transition(channels, norm, self.dtype, name=f"transition{i + 1}")(
                     x, train=train)
         x = nn.relu(norm(name="norm5")(x, use_running_average=not train))
-
-        x = layers.global_avg_pool(x).astype(jnp.float32)
-        self.sow("intermediates", "pre_logits", x)
-        if not self.num_classes:
-            return x
-        return layers.dense_head(x, self.num_classes, dtype=self.dtype)
+        return self.forward_head(x, train=train)
 
 
 # --- Converters: reference array names -> our variable paths ----------------------------------
 
-_LEAVES = {
-    "norm": {"weight": "params/{}/scale", "gamma": "params/{}/scale", "bias": "params/{}/bias",
-             "beta": "params/{}/bias", "running_mean": "batch_stats/{}/mean",
-             "moving_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var",
-             "moving_variance": "batch_stats/{}/var"},
-    "other": {"weight": "params/{}/kernel", "kernel": "params/{}/kernel",
-              "bias": "params/{}/bias"},
-}
-
-
-def _leaf(module: str, leaf: str) -> str:
-    kind = "norm" if module.rsplit("/", 1)[-1].startswith("norm") else "other"
-    return _LEAVES[kind][leaf].format(module)
-
-
 def torchvision_rename(key: str) -> str | None:
     """torchvision DenseNet keys: ours are theirs without ``features.``; ``classifier`` -> head."""
-    module, leaf = key.rsplit(".", 1)
-    if leaf == "num_batches_tracked":
-        return None
-    module = "head" if module == "classifier" else module.removeprefix("features.")
-    return _leaf(module.replace(".", "/"), leaf)
+    path, leaf = torch_parts(key)
+    if path == ["classifier"]:
+        module = "head"
+    elif path[0] == "features" and len(path) > 1:
+        module = "/".join(path[1:])
+    else:
+        raise NotMine(key)
+    return torch_leaf(module, leaf, norm=path[-1].startswith("norm"))
 
 
+_KERAS_TOP = {"conv1_conv": "conv0", "conv1_bn": "norm0", "bn": "norm5", "predictions": "head"}
 _KERAS_UNITS = {"0_bn": "norm1", "1_conv": "conv1", "1_bn": "norm2", "2_conv": "conv2"}
 
 
@@ -179,31 +160,31 @@ def keras_rename(key: str) -> str | None:
     Keras counts its stages from the stem: ``conv2_block3_1_conv`` is denseblock1/denselayer3,
     ``pool2_*`` is transition1.
     """
-    layer, leaf = key.split("/")
-    fixed = {"conv1_conv": "conv0", "conv1_bn": "norm0", "bn": "norm5", "predictions": "head"}
-    if layer in fixed:
-        return _leaf(fixed[layer], leaf)
+    layer, leaf = keras_parts(key)
+    if layer in _KERAS_TOP:
+        return keras_leaf(_KERAS_TOP[layer], leaf)
     if match := re.fullmatch(r"conv(\d)_block(\d+)_(\d_\w+)", layer):
         stage, index, unit = match.groups()
-        return _leaf(f"denseblock{int(stage) - 1}/denselayer{index}/{_KERAS_UNITS[unit]}", leaf)
-    stage, unit = re.fullmatch(r"pool(\d)_(bn|conv)", layer).groups()
-    return _leaf(f"transition{int(stage) - 1}/{'norm' if unit == 'bn' else 'conv'}", leaf)
+        module = f"denseblock{int(stage) - 1}/denselayer{index}/{lookup(_KERAS_UNITS, unit)}"
+    elif match := re.fullmatch(r"pool(\d)_(bn|conv)", layer):
+        stage, unit = match.groups()
+        module = f"transition{int(stage) - 1}/{'norm' if unit == 'bn' else 'conv'}"
+    else:
+        raise NotMine(key)
+    return keras_leaf(module, leaf)
 
 
 def _specs(name: str, blocks: tuple[int, ...], params: int, keras_total: int, gmacs: float,
            top1: float) -> ModelSpec:
     keras_name = name.replace("densenet", "DenseNet")
-    tv = f"torchvision 0.29.1 {keras_name}_Weights.IMAGENET1K_V1 meta"
     return ModelSpec(
         builder=functools.partial(DenseNet, block_config=blocks),
         input_shape=(224, 224, 3),
         reference=f"torchvision.models.{name}",
         published=(
-            Published(params, "params", tv + " num_params"),
+            *torchvision_meta(keras_name, params, gmacs, top1),
             Published(keras_total, "keras_total",
                       f"keras.io Applications table (exact-integer revision), {keras_name}"),
-            Published(gmacs, "gmacs", tv + " _ops"),
-            Published(top1, "top1", tv + " acc@1"),
         ),
         # Keras' weights fit too; its BatchNorm eps (1.001e-5 against 1e-5) moves outputs by
         # about 1e-8 relative: build with bn_epsilon=1.001e-5 to reproduce Keras exactly.

@@ -25,8 +25,8 @@ What differs between the two released weight sets, and what each variant here fo
   so a converter must store ``std**2`` as ``variance`` here. Keras models take pixels in
   [0, 255].
 * **Input size.** Both use the paper's sizes except for B2: torchvision evaluates its B2
-  weights at 288x288 (1.088 GMACs), the paper and Keras at 260x260 (published_params.md sec. 13
-  item 10). Any size of at least 1x1 runs (the pooling before the head is global).
+  weights at 288x288 (1.088 GMACs), the paper and Keras at 260x260 (docs/sources.md sec. 3.3).
+  Any size of at least 1x1 runs (the pooling before the head is global).
 * Parameters are identical (Keras trainable = torchvision); the SE bottleneck is a quarter of
   the block's *input* width.
 
@@ -67,9 +67,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.mobilenet import keras_layer, torch_conv_bn, torch_dense, torch_mbconv
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
+from jaxcnn.spec import (
+    Converter, ModelSpec, NotMine, Published, groups, keras_leaf, keras_parts, lookup, number,
+    torch_inverted_residual, torch_parts, torchvision_meta, torchvision_stack_ends,
+)
 
 # B0, paper Table 1: (expand ratio, kernel, stride, input channels, output channels, repeats).
 B0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
@@ -101,20 +102,17 @@ class InputNormalization(nn.Module):
         return ((x / 255.0 - mean.value) / std).astype(x.dtype)
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(layers.Classifier):
     """EfficientNet: the B0 stages of :data:`B0_STAGES` scaled by ``width`` and ``depth``."""
 
     width: float = 1.0
     depth: float = 1.0
     dropout_rate: float = 0.2
     drop_path_rate: float = 0.2
-    num_classes: int = 1000
     padding: str = "symmetric"
     input_normalization: bool = False
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
 
     # Symmetric k // 2 padding and Keras' correct_pad both map 1 pixel to 1 pixel at stride 2.
     min_size = 1
@@ -129,14 +127,12 @@ class EfficientNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="EfficientNet")
-        x = x.astype(self.dtype)
+        x = self.check_input(x, model="EfficientNet")
         if self.padding not in ("symmetric", "keras"):
             raise ValueError(f"padding must be 'symmetric' or 'keras', not {self.padding!r}")
         if self.input_normalization:
             x = InputNormalization(name="normalization")(x)
-        norm = layers.batch_norm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 axis_name=self.axis_name, dtype=self.dtype)
+        norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon)
         conv = functools.partial(layers.ConvBN, norm=norm, act=nn.silu,
                                  kernel_init=layers.kaiming_normal_fan_out, dtype=self.dtype)
         stem_pad = layers.keras_correct_pad(x.shape[1:3], 3) if self.padding == "keras" else 1
@@ -161,20 +157,16 @@ class EfficientNet(nn.Module):
                 block_id += 1
 
         x = conv(self.round_channels(FINAL_FEATURES), 1, name="final_conv")(x, train=train)
-        x = layers.global_avg_pool(x)
-        self.sow("intermediates", "pre_logits", x)
-        if not self.num_classes:
-            return x.astype(jnp.float32)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         # torchvision's uniform(+-1/sqrt(classes)) = Keras' VarianceScaling(1/3, fan_out, uniform).
-        return layers.dense_head(
-            x, self.num_classes, dtype=self.dtype,
+        return self.forward_head(
+            x, train=train, dropout_rate=self.dropout_rate,
             kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_out", "uniform"),
         )
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight converters (the name helpers are MobileNet's: same blocks, same naming schemes)
+# Weight converters (the blocks are MobileNet's, and so are the naming schemes; the shared
+# pieces are jaxcnn.spec's)
 
 # Sub-layers of a torchvision MBConv, in order; stage 1 (expand ratio 1) has no expansion.
 _TV_PARTS = ("expand", "depthwise", "squeeze_excite", "project")
@@ -182,28 +174,25 @@ _TV_PARTS = ("expand", "depthwise", "squeeze_excite", "project")
 
 def rename_torchvision(key: str) -> str | None:
     """torchvision ``efficientnet_b*`` -> :class:`EfficientNet` (any width and depth)."""
-    *path, leaf = key.split(".")
-    if leaf == "num_batches_tracked":
-        return None
-    if path[0] == "classifier":
-        return torch_dense({"1": "head"}[path[1]], leaf)
+    path, leaf = torch_parts(key)
+    last = len(B0_STAGES) + 1
+    if (end := torchvision_stack_ends(path, leaf, last=last, classifier={"1": "head"})):
+        return end
+    if len(path) < 4 or path[3] != "block":
+        raise NotMine(key)
     i = int(path[1])
-    if i == 0:
-        return torch_conv_bn("stem", path[2], leaf)
-    if i == len(B0_STAGES) + 1:
-        return torch_conv_bn("final_conv", path[2], leaf)
     parts = _TV_PARTS[1:] if B0_STAGES[i - 1][0] == 1 else _TV_PARTS
-    return torch_mbconv(f"stage{i}_block{int(path[2]) + 1}", parts, path[4:], leaf)
+    return torch_inverted_residual(f"stage{i}_block{number(path[2]) + 1}", parts, path[4:], leaf)
 
 
-# Keras layer-name suffix of a block -> (our sub-module, is BatchNorm).
-_KERAS_PARTS = {"expand_conv": ("expand/conv", False), "expand_bn": ("expand", True),
-                "dwconv": ("depthwise/conv", False), "bn": ("depthwise", True),
-                "se_reduce": ("squeeze_excite/reduce", False),
-                "se_expand": ("squeeze_excite/expand", False),
-                "project_conv": ("project/conv", False), "project_bn": ("project", True)}
-_KERAS_TOP = {"stem_conv": "stem/conv", "stem_bn": "stem", "top_conv": "final_conv/conv",
-              "top_bn": "final_conv", "predictions": "head"}
+# Keras layer-name suffix of a block -> our sub-module.
+_KERAS_PARTS = {"expand_conv": "expand/conv", "expand_bn": "expand/bn",
+                "dwconv": "depthwise/conv", "bn": "depthwise/bn",
+                "se_reduce": "squeeze_excite/reduce", "se_expand": "squeeze_excite/expand",
+                "project_conv": "project/conv", "project_bn": "project/bn"}
+_KERAS_TOP = {"stem_conv": "stem/conv", "stem_bn": "stem/bn", "top_conv": "final_conv/conv",
+              "top_bn": "final_conv/bn", "predictions": "head"}
+_KERAS_NORMALIZATION = ("mean", "variance", "count")
 
 
 def rename_keras(key: str) -> str | None:
@@ -211,18 +200,14 @@ def rename_keras(key: str) -> str | None:
 
     ``block{stage}{letter}_{part}``: the stage 1-7 and the block a, b, c, ... within it.
     """
-    layer, leaf = key.split("/")
-    if layer == "normalization":
-        if leaf not in ("mean", "variance", "count"):
-            raise KeyError(key)
+    layer, leaf = keras_parts(key)
+    if layer == "normalization" and leaf in _KERAS_NORMALIZATION:
         return f"batch_stats/normalization/{leaf}"
     if layer in _KERAS_TOP:
-        return keras_layer(_KERAS_TOP[layer], leaf)
-    block, part = layer.split("_", 1)
-    if not (block.startswith("block") and len(block) == 7):
-        raise KeyError(layer)
-    module, _ = _KERAS_PARTS[part]
-    return keras_layer(f"stage{int(block[5])}_block{ord(block[6]) - ord('a') + 1}/{module}", leaf)
+        return keras_leaf(_KERAS_TOP[layer], leaf)
+    stage, letter, part = groups(r"block(\d)([a-z])_(\w+)", layer)
+    block = f"stage{stage}_block{ord(letter) - ord('a') + 1}"
+    return keras_leaf(f"{block}/{lookup(_KERAS_PARTS, part)}", leaf)
 
 
 def fix_keras(key: str, array, shape):
@@ -250,8 +235,9 @@ class Scaling:
     keras_top1: float
 
 
-# width, depth, dropout (paper / torchvision / Keras); sizes; published figures
-# (published_params.md sec. 10).
+# width, depth, dropout (paper / torchvision / Keras); input sizes; published figures: params,
+# GMACs and top-1 of torchvision's EfficientNet_B*_Weights.IMAGENET1K_V1 meta, Keras totals of
+# the keras.io Applications table (exact-integer revision), Keras top-1 of its current revision.
 SCALING: dict[str, Scaling] = {
     "b0": Scaling(1.0, 1.0, 0.2, 224, 224, 5_288_548, 0.386, 77.692, 5_330_571, 77.1),
     "b1": Scaling(1.0, 1.1, 0.2, 240, 240, 7_794_184, 0.687, 78.642, 7_856_239, 79.1),
@@ -263,7 +249,6 @@ SCALING: dict[str, Scaling] = {
     "b7": Scaling(2.0, 3.1, 0.5, 600, 600, 66_347_960, 37.746, 84.122, 66_658_687, 84.3),
 }
 
-_TV = "torchvision 0.29.1 Weights meta"
 _KA = "keras.io Applications table"
 
 
@@ -276,11 +261,8 @@ def _torchvision(variant: str, s: Scaling) -> ModelSpec:
                                   dropout_rate=s.dropout, **bn),
         input_shape=(s.tv_size, s.tv_size, 3),
         reference=f"torchvision efficientnet_{variant} (torchvision 0.29.1){size_note}",
-        published=(
-            Published(s.tv_params, "params", _TV),
-            Published(s.tv_gmacs, "gmacs", _TV + f" (at {s.tv_size}x{s.tv_size})"),
-            Published(s.tv_top1, "top1", _TV + " (IMAGENET1K_V1)"),
-        ),
+        published=torchvision_meta(f"EfficientNet_{variant.upper()}", s.tv_params, s.tv_gmacs,
+                                   s.tv_top1),
         converters=(Converter("torchvision", f"efficientnet_{variant}", rename_torchvision),),
     )
 
@@ -297,7 +279,9 @@ def _keras(variant: str, s: Scaling) -> ModelSpec:
                       if variant == "b2" else "")),
         published=(
             Published(s.keras_total, "keras_total", _KA + f" (exact-integer revision), {name}"),
-            Published(s.tv_params, "params", f"Keras {name} trainable params (= torchvision)"),
+            Published(s.tv_params, "params",
+                      f"Keras 3.15.1 keras.applications.{name}(weights=None) trainable "
+                      "(= torchvision)"),
             Published(s.keras_top1, "top1", _KA + f" (current revision), {name}"),
         ),
         converters=(Converter("keras", name, rename_keras, fix=fix_keras),),

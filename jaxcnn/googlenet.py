@@ -41,8 +41,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
+from jaxcnn.spec import (
+    TORCHVISION_META, Converter, ModelSpec, Published, torch_leaf, torch_parts,
+)
 
 # (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj) per module: the paper's Table 1.
 INCEPTION_CONFIG: dict[str, tuple[int, int, int, int, int, int]] = {
@@ -112,7 +113,7 @@ class AuxClassifier(nn.Module):
                                  kernel_init=_TRUNC_NORMAL)
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(layers.Classifier):
     """GoogLeNet; the defaults are torchvision's, ``googlenet_paper`` sets the paper's fields.
 
     ``batch_norm=False`` gives the paper's convolutions with bias and no BatchNorm;
@@ -121,9 +122,6 @@ class GoogLeNet(nn.Module):
     ``"adaptive"`` (torchvision: adaptive average pool to 4x4) or ``"caffe"`` (5x5/3 average pool).
     """
 
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
     aux_logits: bool = False
     batch_norm: bool = True
     branch5x5_kernel: int = 3
@@ -144,7 +142,7 @@ class GoogLeNet(nn.Module):
 
     def _conv_block(self) -> Callable[..., nn.Module]:
         if self.batch_norm:
-            norm = layers.batch_norm(epsilon=1e-3, axis_name=self.axis_name, dtype=self.dtype)
+            norm = self.norm_layer(epsilon=1e-3)
             return functools.partial(layers.ConvBN, norm=norm, use_bias=False, dtype=self.dtype,
                                      kernel_init=_TRUNC_NORMAL)
         return functools.partial(layers.ConvBN, norm=None, use_bias=True, dtype=self.dtype,
@@ -152,10 +150,9 @@ class GoogLeNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="GoogLeNet")
+        x = self.check_input(x, model="GoogLeNet")
         if self.aux_pool not in AUX_POOLS:
             raise ValueError(f"aux_pool must be one of {AUX_POOLS}; got {self.aux_pool!r}.")
-        x = x.astype(self.dtype)
         conv = self._conv_block()
         lrn = functools.partial(layers.local_response_norm, size=5, alpha=1e-4, beta=0.75, k=1.0)
 
@@ -187,21 +184,12 @@ class GoogLeNet(nn.Module):
                 if not self.is_initializing():
                     self.sow("aux_logits", aux_name, aux)
 
-        x = layers.global_avg_pool(x).astype(jnp.float32)
-        self.sow("intermediates", "pre_logits", x)
-        if not self.num_classes:
-            return x
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return layers.dense_head(x, self.num_classes, dtype=self.dtype, kernel_init=_TRUNC_NORMAL)
+        return self.forward_head(x, train=train, dropout_rate=self.dropout,
+                                 kernel_init=_TRUNC_NORMAL)
 
 
 # --- Converters: reference array names -> our variable paths ----------------------------------
 
-_TORCH_LEAVES = {
-    "bn": {"weight": "params/{}/scale", "bias": "params/{}/bias",
-           "running_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var"},
-    "other": {"weight": "params/{}/kernel", "bias": "params/{}/bias"},
-}
 _TV_BRANCHES = {"branch1": "branch1x1", "branch2.0": "branch3x3_reduce", "branch2.1": "branch3x3",
                 "branch3.0": "branch5x5_reduce", "branch3.1": "branch5x5",
                 "branch4.1": "pool_proj"}
@@ -215,13 +203,12 @@ def torchvision_rename(key: str) -> str | None:
     them unless asked for them); the converter declares them optional, so they load into a
     model built with ``aux_logits=True`` and are dropped otherwise.
     """
-    module, leaf = key.rsplit(".", 1)
-    if leaf == "num_batches_tracked":
-        return None
+    path, leaf = torch_parts(key)
+    module = ".".join(path)
     for old, new in _TV_BRANCHES.items():
         module = module.replace(f".{old}.", f".{new}.")
     module = "/".join(_TV_TOP.get(part, part) for part in module.split("."))
-    return _TORCH_LEAVES["bn" if module.endswith("/bn") else "other"][leaf].format(module)
+    return torch_leaf(module, leaf, norm=module.endswith("/bn"))
 
 
 googlenet_paper = functools.partial(
@@ -229,7 +216,7 @@ googlenet_paper = functools.partial(
     dropout=0.4,
 )
 
-_TV = "torchvision 0.29.1 GoogLeNet_Weights.IMAGENET1K_V1 meta"
+_TV = TORCHVISION_META.format("GoogLeNet")
 
 MODELS: dict[str, ModelSpec] = {
     "googlenet": ModelSpec(
@@ -238,7 +225,9 @@ MODELS: dict[str, ModelSpec] = {
         reference="torchvision.models.googlenet (BatchNorm, 3x3 kernels in the '5x5' branch)",
         published=(
             Published(6_624_904, "params", _TV + " num_params (aux heads dropped)"),
-            Published(13_004_888, "params", "torchvision GoogLeNet(aux_logits=True)",
+            Published(13_004_888, "params",
+                      "computed from torchvision 0.29.1 GoogLeNet(aux_logits=True) "
+                      "(docs/sources.md sec. 3.4)",
                       overrides=(("aux_logits", True),)),
             Published(1.498, "gmacs", _TV + " _ops"),
             Published(69.778, "top1", _TV + " acc@1"),
@@ -251,9 +240,11 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(224, 224, 3),
         reference="Szegedy et al. 2014, Table 1 / BVLC Caffe bvlc_googlenet deploy.prototxt",
         published=(
-            Published(6_998_552, "params", "DLBS models table (BVLC Caffe GoogLeNet)"),
+            Published(6_998_552, "params",
+                      "HewlettPackard dlcookbook-dlbs models table (BVLC Caffe GoogLeNet)"),
             Published(13_378_280, "params",
-                      "BVLC GoogLeNet with both aux classifiers (published_params sec. 4)",
+                      "computed from BVLC bvlc_googlenet train_val.prototxt with its loss1 and "
+                      "loss2 heads (docs/sources.md sec. 3.4)",
                       overrides=(("aux_logits", True),)),
         ),
     ),

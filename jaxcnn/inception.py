@@ -37,7 +37,6 @@ live in ``aux_head``.
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -45,8 +44,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter, WeightMismatchError
+from jaxcnn.spec import (
+    TORCHVISION_META, Converter, ModelSpec, Published, WeightMismatchError, groups, keras_leaf,
+    keras_parts, torch_leaf, torch_parts,
+)
 
 ConvBlock = Callable[..., nn.Module]
 
@@ -188,7 +189,7 @@ class InceptionAux(nn.Module):
                                  kernel_init=_AUX_FC_INIT)
 
 
-class Inception3(nn.Module):
+class Inception3(layers.Classifier):
     """Inception v3; the defaults are torchvision's, ``inception_v3_keras`` sets Keras' fields.
 
     ``bn_scale``/``bn_epsilon``/``bn_momentum`` configure every BatchNorm (momentum in Flax's
@@ -196,9 +197,6 @@ class Inception3(nn.Module):
     branches (False is TensorFlow's "same" pooling).
     """
 
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
     aux_logits: bool = False
     dropout: float = 0.5
     bn_scale: bool = True
@@ -213,11 +211,9 @@ class Inception3(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="Inception v3")
-        x = x.astype(self.dtype)
-        norm = layers.batch_norm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 use_scale=self.bn_scale, axis_name=self.axis_name,
-                                 dtype=self.dtype)
+        x = self.check_input(x, model="Inception v3")
+        norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                               use_scale=self.bn_scale)
         conv = functools.partial(layers.ConvBN, norm=norm, use_bias=False, dtype=self.dtype,
                                  kernel_init=_INIT)
         pad = self.pool_count_include_pad
@@ -249,22 +245,10 @@ class Inception3(nn.Module):
         x = InceptionE(conv, pad, name="mixed_7b")(x, train=train)
         x = InceptionE(conv, pad, name="mixed_7c")(x, train=train)
 
-        x = layers.global_avg_pool(x).astype(jnp.float32)
-        self.sow("intermediates", "pre_logits", x)
-        if not self.num_classes:
-            return x
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return layers.dense_head(x, self.num_classes, dtype=self.dtype, kernel_init=_INIT)
+        return self.forward_head(x, train=train, dropout_rate=self.dropout, kernel_init=_INIT)
 
 
 # --- Converters: reference array names -> our variable paths ----------------------------------
-
-_TORCH_LEAVES = {
-    "bn": {"weight": "params/{}/scale", "bias": "params/{}/bias",
-           "running_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var"},
-    "other": {"weight": "params/{}/kernel", "bias": "params/{}/bias"},
-}
-
 
 def torch_rename(key: str) -> str | None:
     """torchvision ``Inception3`` and timm ``inception_v3`` state-dict keys to our paths.
@@ -274,12 +258,9 @@ def torch_rename(key: str) -> str | None:
     carries the aux head; the converters declare it optional (loaded into a model built with
     ``aux_logits=True``, dropped otherwise).
     """
-    top, *rest = key.split(".")
-    *inner, leaf = rest
-    if leaf == "num_batches_tracked":
-        return None
+    (top, *inner), leaf = torch_parts(key)
     module = "/".join([{"AuxLogits": "aux_head", "fc": "head"}.get(top, top.lower()), *inner])
-    return _TORCH_LEAVES["bn" if module.endswith("/bn") else "other"][leaf].format(module)
+    return torch_leaf(module, leaf, norm=module.endswith("/bn"))
 
 
 def _keras_conv_order() -> tuple[str, ...]:
@@ -300,9 +281,6 @@ def _keras_conv_order() -> tuple[str, ...]:
 
 
 _KERAS_ORDER = _keras_conv_order()
-_KERAS_LEAVES = {"kernel": "params/{}/conv/kernel", "beta": "params/{}/bn/bias",
-                 "moving_mean": "batch_stats/{}/bn/mean",
-                 "moving_variance": "batch_stats/{}/bn/var"}
 
 
 def keras_rename(key: str) -> str | None:
@@ -313,27 +291,25 @@ def keras_rename(key: str) -> str | None:
     order. The numbers are those of a fresh Keras 3 session; a second model built in the same
     session continues the count and cannot be told apart.
     """
-    layer, leaf = key.split("/")
+    layer, leaf = keras_parts(key)
     if layer == "predictions":
-        return f"params/head/{leaf}"
-    match = re.fullmatch(r"(?:conv2d|batch_normalization)(?:_(\d+))?", layer)
-    if match is None:
-        raise WeightMismatchError(f"{key}: Keras' InceptionV3 has no layer named {layer!r}.")
-    index = int(match.group(1) or 0)
+        return keras_leaf("head", leaf)
+    kind, suffix = groups(r"(conv2d|batch_normalization)(?:_(\d+))?", layer)
+    index = int(suffix or 0)
     if index >= len(_KERAS_ORDER):
         raise WeightMismatchError(
             f"{key}: Keras numbers InceptionV3's unnamed layers per session and {layer} lies "
             f"beyond the {len(_KERAS_ORDER)} of one model. Build the Keras model in a fresh "
             "session (keras.backend.clear_session()) before saving its weights."
         )
-    return _KERAS_LEAVES[leaf].format(_KERAS_ORDER[index])
+    return keras_leaf(f"{_KERAS_ORDER[index]}/{'conv' if kind == 'conv2d' else 'bn'}", leaf)
 
 
 inception_v3_keras = functools.partial(
     Inception3, bn_scale=False, bn_momentum=0.99, pool_count_include_pad=False, dropout=0.0,
 )
 
-_TV = "torchvision 0.29.1 Inception_V3_Weights.IMAGENET1K_V1 meta"
+_TV = TORCHVISION_META.format("Inception_V3")
 _KA = "keras.io Applications table (exact-integer revision), InceptionV3"
 
 MODELS: dict[str, ModelSpec] = {
@@ -342,10 +318,14 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(299, 299, 3),
         reference="torchvision.models.inception_v3 (Inception3)",
         published=(
-            Published(23_834_568, "params", "imgclsmob / timm inception_v3 (no aux head)"),
+            Published(23_834_568, "params",
+                      "osmr/imgclsmob gluon/README.md, InceptionV3 (no aux head; = timm 1.0.31 "
+                      "inception_v3)"),
             Published(27_161_264, "params", _TV + " num_params (with AuxLogits)",
                       overrides=(("aux_logits", True),)),
-            Published(23_869_000, "keras_total", "MXNet Gluon model zoo inceptionv3"),
+            Published(23_869_000, "keras_total",
+                      "apache/mxnet docs/api/python/gluon/model_zoo.md, inceptionv3 "
+                      "(docs/sources.md sec. 3.5)"),
             Published(5.713, "gmacs", _TV + " _ops"),
             Published(77.294, "top1", _TV + " acc@1"),
         ),
@@ -360,7 +340,8 @@ MODELS: dict[str, ModelSpec] = {
         reference="keras.applications.InceptionV3 (Keras 3.15.1)",
         published=(
             Published(23_851_784, "keras_total", _KA),
-            Published(23_817_352, "params", "Keras InceptionV3 trainable params"),
+            Published(23_817_352, "params",
+                      "Keras 3.15.1 keras.applications.InceptionV3(weights=None) trainable"),
             Published(77.9, "top1", _KA),
         ),
         converters=(Converter("keras", "InceptionV3", keras_rename),),

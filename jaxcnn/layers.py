@@ -12,6 +12,9 @@ Conventions used everywhere in jaxcnn:
   ``jit`` with shardings the statistics are global without it.
 * Padding is written out explicitly as PyTorch does (``((p, p), (p, p))``); ``"SAME"`` is the
   TensorFlow/Keras rule (extra padding at the bottom/right for even kernels and strides).
+* Every network of the zoo is a :class:`Classifier`: the fields every network has
+  (``num_classes``, ``dtype``, ``axis_name``, ``min_size``) and the tail every one of them ends
+  with (:meth:`Classifier.forward_head`).
 """
 
 from __future__ import annotations
@@ -169,11 +172,7 @@ def max_pool(
     With ``ceil_mode`` the output size rounds up, but (as in PyTorch) a last window that would
     start entirely in the right/bottom padding is dropped.
     """
-    pads = []
-    for size in x.shape[1:3]:
-        out = _pool_out_size(size, window, stride, padding, ceil_mode)
-        extra = max(0, (out - 1) * stride + window - size - 2 * padding)
-        pads.append((padding, padding + extra))
+    _, pads = _pool_geometry(x, window, stride, padding, ceil_mode)
     return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
 
 
@@ -183,6 +182,19 @@ def _pool_out_size(size: int, window: int, stride: int, padding: int, ceil_mode:
     if ceil_mode and (out - 1) * stride >= size + padding:
         out -= 1
     return out
+
+
+def _pool_geometry(x: jax.Array, window: int, stride: int, padding: int, ceil_mode: bool
+                   ) -> tuple[list[int], list[tuple[int, int]]]:
+    """Output (H, W) of a PyTorch pool on NHWC ``x`` and the (before, after) padding of H and W
+    that gives it: ``padding`` on each side plus the ceil-mode overhang at the bottom/right."""
+    outs, pads = [], []
+    for size in x.shape[1:3]:
+        out = _pool_out_size(size, window, stride, padding, ceil_mode)
+        extra = max(0, (out - 1) * stride + window - size - 2 * padding)
+        outs.append(out)
+        pads.append((padding, padding + extra))
+    return outs, pads
 
 
 def avg_pool(
@@ -198,11 +210,7 @@ def avg_pool(
 
     With ``ceil_mode`` the extra bottom/right cells are never counted, as in PyTorch.
     """
-    pads = []
-    for size in x.shape[1:3]:
-        out = _pool_out_size(size, window, stride, padding, ceil_mode)
-        extra = max(0, (out - 1) * stride + window - size - 2 * padding)
-        pads.append((padding, padding + extra))
+    _, pads = _pool_geometry(x, window, stride, padding, ceil_mode)
     summed = jax.lax.reduce_window(
         x, jnp.array(0, x.dtype), jax.lax.add, (1, window, window, 1), (1, stride, stride, 1),
         [(0, 0), *pads, (0, 0)],
@@ -299,6 +307,85 @@ def dense_head(
     return x.astype(jnp.float32)
 
 
+class Classifier(nn.Module, kw_only=True):
+    """What every network of the zoo has, and the tail every one of them ends with.
+
+    ``num_classes``: outputs of the classifier; 0 builds the network without it (a backbone
+    returning its pre-logits, timm's convention). ``dtype``: the computation dtype (parameters
+    stay float32, logits are float32). ``axis_name``: the ``pmap`` axis over which BatchNorm
+    averages its batch statistics; networks without BatchNorm accept and ignore it, so that one
+    trainer builds every network the same way. ``min_size``: the smallest square input, in
+    pixels a side, that every layer of the network admits (a class attribute or a property of
+    each network; :func:`check_image` names it in its error).
+
+    The fields are keyword-only, so a network's own fields keep their positional order; a
+    network with another default declares e.g. ``num_classes: int = dataclasses.field(
+    default=10, kw_only=True)``.
+    """
+
+    num_classes: int = 1000
+    dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    @property
+    def min_size(self) -> int:
+        """The smallest square input (pixels a side) the network admits."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its min_size")
+
+    def check_input(self, x: jax.Array, *, model: str | None = None, fixed: bool = False
+                    ) -> jax.Array:
+        """The batch ``x`` checked against the network's ``min_size`` (:func:`check_image`, whose
+        error names ``model``) and cast to the compute dtype: how every ``__call__`` begins."""
+        check_image(x, min_size=self.min_size, model=model or type(self).__name__, fixed=fixed)
+        return x.astype(self.dtype)
+
+    def norm_layer(self, *, momentum: float = 0.9, epsilon: float = 1e-5, use_scale: bool = True
+                   ) -> Callable[..., nn.BatchNorm]:
+        """The network's BatchNorm (:func:`batch_norm`), cross-replica over ``axis_name``."""
+        return batch_norm(momentum=momentum, epsilon=epsilon, use_scale=use_scale,
+                          axis_name=self.axis_name, dtype=self.dtype)
+
+    def forward_head(
+        self,
+        x: jax.Array,
+        *,
+        train: bool,
+        pool: bool = True,
+        dropout_rate: float = 0.0,
+        kernel_init: Callable = nn.initializers.lecun_normal(),
+        class_maps: Callable[..., nn.Module] | None = None,
+        output: Callable[[jax.Array], jax.Array] | None = None,
+        pre_logits: bool = False,
+    ) -> jax.Array:
+        """The classifier tail (timm's ``forward_head``), called from the network's ``__call__``.
+
+        Global average pooling of the maps ``x`` (``pool=False``: ``x`` is already the feature
+        vector), in float32; the result is sown as ``intermediates/pre_logits`` and returned as
+        it is when ``pre_logits`` is asked for or ``num_classes == 0``. Otherwise dropout at
+        ``dropout_rate`` and the classifier: the Dense ``head`` (``kernel_init``); or, given
+        ``class_maps`` (the family's ``nn.Conv`` partial), the all-convolutional head of NIN,
+        All-CNN and SqueezeNet on the maps (dropout then acts on the maps); or ``output``, a
+        parameter-free output layer on the pre-logits (LeNet-5's RBF units). Logits are float32.
+        """
+        features = x.astype(jnp.float32)
+        if pool:
+            features = global_avg_pool(features)
+        self.sow("intermediates", "pre_logits", features)
+        if pre_logits or self.num_classes == 0:
+            return features
+        if class_maps is not None:
+            return class_map_head(self._dropout(x, dropout_rate, train), self.num_classes,
+                                  class_maps)
+        features = self._dropout(features, dropout_rate, train)
+        if output is not None:
+            return output(features)
+        return dense_head(features, self.num_classes, dtype=self.dtype, kernel_init=kernel_init)
+
+    def _dropout(self, x: jax.Array, rate: float, train: bool) -> jax.Array:
+        # No module at rate 0: a network without dropout has no Dropout layer to list.
+        return nn.Dropout(rate, deterministic=not train)(x) if rate else x
+
+
 def max_pool_with_switches(
     x: jax.Array,
     window: int,
@@ -317,13 +404,7 @@ def max_pool_with_switches(
     """
     stride = window if stride is None else stride
     width = x.shape[2]
-    outs, pads = [], []
-    for size in x.shape[1:3]:
-        out = _pool_out_size(size, window, stride, padding, ceil_mode)
-        extra = max(0, (out - 1) * stride + window - size - 2 * padding)
-        outs.append(out)
-        pads.append((padding, padding + extra))
-    oh, ow = outs
+    (oh, ow), pads = _pool_geometry(x, window, stride, padding, ceil_mode)
     padded = jnp.pad(x, [(0, 0), *pads, (0, 0)], constant_values=-jnp.inf)
     # One strided view per window offset: taps[..., a * window + b] is the input at offset (a, b).
     taps = jnp.stack(

@@ -43,8 +43,9 @@ lenet5         modern LeNet-5, ReLU, max pooling                   61,706
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -52,9 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import layers
+from jaxcnn.layers import Dtype
 from jaxcnn.spec import ModelSpec, Published
-
-Dtype = Any
 
 # Table I of the paper: the S2 maps each C3 map takes its input from.
 C3_TABLE: tuple[tuple[int, ...], ...] = (
@@ -149,19 +149,16 @@ class PartialConv(nn.Module):
         return y + bias.astype(self.dtype)
 
 
-class LeNet5_1998(nn.Module):
+class LeNet5_1998(layers.Classifier):
     """LeNet-5 exactly as LeCun et al. 1998: trainable subsampling, partial C3, RBF output."""
 
-    num_classes: int = 10
-    dtype: Dtype = jnp.float32
-    axis_name: str | None = None  # no BatchNorm; kept so every model accepts it
+    num_classes: int = dataclasses.field(default=10, kw_only=True)
 
     min_size = 32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="LeNet-5 (1998)", fixed=True)
-        x = x.astype(self.dtype)
+        x = self.check_input(x, model="LeNet-5 (1998)", fixed=True)
 
         def conv(features: int, fan_in: int, name: str) -> nn.Conv:
             return nn.Conv(features, (5, 5), padding="VALID", dtype=self.dtype, name=name,
@@ -174,22 +171,21 @@ class LeNet5_1998(nn.Module):
         x = scaled_tanh(conv(120, 25 * 16, "c5")(x))
         x = x.reshape(x.shape[0], -1)
         x = nn.Dense(84, dtype=self.dtype, kernel_init=_uniform_by_fan_in(120), name="f6")(x)
-        x = scaled_tanh(x).astype(jnp.float32)
-        self.sow("intermediates", "pre_logits", x)
-        if self.num_classes == 0:
-            return x
+        return self.forward_head(scaled_tanh(x), train=train, pool=False,
+                                 output=self._rbf_units)
+
+    def _rbf_units(self, x: jax.Array) -> jax.Array:
+        """Minus the squared distance of the F6 output to each class's fixed prototype."""
         centres = jnp.asarray(rbf_prototypes(self.num_classes))
         return -jnp.sum(jnp.square(x[:, None, :] - centres[None]), axis=-1)
 
 
-class LeNet5(nn.Module):
+class LeNet5(layers.Classifier):
     """The modern LeNet-5: full C3, parameter-free max pooling, dense 400-120-84-classes."""
 
-    num_classes: int = 10
     padding: int = 0
     activation: Callable[[jax.Array], jax.Array] = nn.relu
-    dtype: Dtype = jnp.float32
-    axis_name: str | None = None  # no BatchNorm; kept so every model accepts it
+    num_classes: int = dataclasses.field(default=10, kw_only=True)
 
     @property
     def min_size(self) -> int:
@@ -198,8 +194,7 @@ class LeNet5(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="LeNet-5", fixed=True)
-        x = x.astype(self.dtype)
+        x = self.check_input(x, model="LeNet-5", fixed=True)
         conv = functools.partial(nn.Conv, kernel_size=(5, 5), dtype=self.dtype)
         x = self.activation(conv(6, padding=layers.pair_padding(self.padding), name="conv1")(x))
         x = nn.max_pool(x, (2, 2), (2, 2))
@@ -208,11 +203,7 @@ class LeNet5(nn.Module):
         x = x.reshape(x.shape[0], -1)
         x = self.activation(nn.Dense(120, dtype=self.dtype, name="fc1")(x))
         x = self.activation(nn.Dense(84, dtype=self.dtype, name="fc2")(x))
-        x = x.astype(jnp.float32)
-        self.sow("intermediates", "pre_logits", x)
-        if self.num_classes == 0:
-            return x
-        return layers.dense_head(x, self.num_classes, dtype=self.dtype)
+        return self.forward_head(x, train=train, pool=False)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -233,7 +224,8 @@ MODELS: dict[str, ModelSpec] = {
         reference="the modern LeNet-5 of Keras/PyTorch tutorials (d2l.ai with padding=2)",
         published=(
             Published(61_706, "params",
-                      "Keras model.summary() / torchsummary outputs of the modern LeNet-5"),
+                      "computed from the modern LeNet-5's layer sizes, the total Keras' "
+                      "model.summary() prints for it (docs/sources.md sec. 3.6)"),
         ),
     ),
 }

@@ -32,7 +32,8 @@ What differs between the published versions, and what each variant here follows:
   Keras v1 truncates (``int(c * alpha)``) instead; the two agree for every released alpha
   (1, 0.75, 0.5, 0.25). The last 1x1 convolution of v2 widens only for ``width > 1``.
 * **Counts.** The v1 paper's 4.2M and the v2 paper's 3.4M are rounded (3.4M matches no build;
-  see published_params.md sec. 13 item 8). "Keras total" adds the BatchNorm moving mean and
+  docs/sources.md sec. 3.2), and so are the v1 paper's figures for alpha < 1, the only ones
+  published for them (sec. 3.1). "Keras total" adds the BatchNorm moving mean and
   variance (the ``batch_stats`` collection here).
 
 Variants (224x224, 1000 classes):
@@ -55,6 +56,7 @@ mobilenet_v3_small       2,542,856  2,554,968    0.057  torchvision mobilenet_v3
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -62,8 +64,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
+from jaxcnn.spec import (
+    Converter, ModelSpec, NotMine, Published, keras_leaf, keras_parts, lookup, nth, number,
+    torch_conv_norm, torch_inverted_residual, torch_leaf, torch_parts, torchvision_meta,
+    torchvision_stack_ends,
+)
 
 PADDINGS = ("symmetric", "keras")
 
@@ -84,17 +89,19 @@ def _stride2_out(size: int, kernel: int, padding: str, keras_pad: str) -> int:
     return (size + sum(layers.keras_correct_pad((size,), kernel)[0]) - kernel) // 2 + 1
 
 
-def _min_size(stride2_outs: list[Callable[[int], int]]) -> int:
-    """The smallest square input for which every stride-2 stage still yields a pixel."""
-    for size in range(1, 4096):
-        h = size
-        for out in stride2_outs:
-            h = out(h)
-            if h < 1:
-                break
-        else:
-            return size
-    raise ValueError("no admissible input size below 4096")
+def _min_size(padding: str, keras_block_pad: str, strided_blocks: int) -> int:
+    """The smallest square input for which the 3x3 stride-2 stem and the ``strided_blocks``
+    3x3 stride-2 blocks each keep a pixel (Keras pads the stem ``"same"``, the blocks by
+    ``keras_block_pad``)."""
+    _check_padding(padding)
+
+    def feature_size(size: int) -> int:
+        size = _stride2_out(size, 3, padding, "same")
+        for _ in range(strided_blocks):
+            size = _stride2_out(size, 3, padding, keras_block_pad) if size >= 1 else 0
+        return size
+
+    return layers.smallest_input(feature_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,32 +133,23 @@ class DepthwiseSeparable(nn.Module):
         return conv(self.features, 1, name="pointwise")(x, train=train)
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(layers.Classifier):
     """MobileNet v1: a 3x3 stride-2 stem and 13 depthwise-separable blocks, no residuals."""
 
-    num_classes: int = 1000
     alpha: float = 1.0
     padding: str = "symmetric"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     dropout_rate: float = 0.0
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
 
     @property
     def min_size(self) -> int:
-        _check_padding(self.padding)
-        stem = functools.partial(_stride2_out, kernel=3, padding=self.padding, keras_pad="same")
-        block = functools.partial(_stride2_out, kernel=3, padding=self.padding,
-                                  keras_pad="bottom_right")
-        return _min_size([stem] + [block for _, s in V1_BLOCKS if s == 2])
+        return _min_size(self.padding, "bottom_right", sum(s == 2 for _, s in V1_BLOCKS))
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="MobileNetV1")
-        x = x.astype(self.dtype)
-        norm = layers.batch_norm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 axis_name=self.axis_name, dtype=self.dtype)
+        x = self.check_input(x, model="MobileNetV1")
+        norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon)
         width = functools.partial(layers.make_divisible, divisor=8)
         x = layers.ConvBN(width(32 * self.alpha), 3, 2,
                           padding="SAME" if self.padding == "keras" else 1, norm=norm,
@@ -161,12 +159,7 @@ class MobileNetV1(nn.Module):
             x = DepthwiseSeparable(width(features * self.alpha), strides=stride,
                                    padding=self.padding, norm=norm, dtype=self.dtype,
                                    name=f"block{i}")(x, train=train)
-        x = layers.global_avg_pool(x)
-        self.sow("intermediates", "pre_logits", x)
-        if not self.num_classes:
-            return x.astype(jnp.float32)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return layers.dense_head(x, self.num_classes, dtype=self.dtype)
+        return self.forward_head(x, train=train, dropout_rate=self.dropout_rate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,32 +172,23 @@ V2_STAGES: tuple[tuple[int, int, int, int], ...] = (
 )
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(layers.Classifier):
     """MobileNetV2: a 3x3 stride-2 stem, 17 inverted residuals (ReLU6), a 1x1 conv to 1280."""
 
-    num_classes: int = 1000
     width: float = 1.0
     padding: str = "symmetric"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     dropout_rate: float = 0.2
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
 
     @property
     def min_size(self) -> int:
-        _check_padding(self.padding)
-        stem = functools.partial(_stride2_out, kernel=3, padding=self.padding, keras_pad="same")
-        block = functools.partial(_stride2_out, kernel=3, padding=self.padding,
-                                  keras_pad="correct")
-        return _min_size([stem] + [block for *_, s in V2_STAGES if s == 2])
+        return _min_size(self.padding, "correct", sum(s == 2 for *_, s in V2_STAGES))
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="MobileNetV2")
-        x = x.astype(self.dtype)
-        norm = layers.batch_norm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 axis_name=self.axis_name, dtype=self.dtype)
+        x = self.check_input(x, model="MobileNetV2")
+        norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon)
         conv = functools.partial(layers.ConvBN, norm=norm, act=nn.relu6,
                                  kernel_init=layers.kaiming_normal_fan_out, dtype=self.dtype)
         x = conv(layers.make_divisible(32 * self.width), 3, 2,
@@ -219,12 +203,7 @@ class MobileNetV2(nn.Module):
                 )(x, train=train)
         x = conv(layers.make_divisible(1280 * max(1.0, self.width)), 1,
                  name="final_conv")(x, train=train)
-        x = layers.global_avg_pool(x)
-        self.sow("intermediates", "pre_logits", x)
-        if not self.num_classes:
-            return x.astype(jnp.float32)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return layers.dense_head(x, self.num_classes, dtype=self.dtype,
+        return self.forward_head(x, train=train, dropout_rate=self.dropout_rate,
                                  kernel_init=nn.initializers.normal(0.01))
 
 
@@ -266,27 +245,22 @@ V3_SMALL: tuple[tuple[int, int, int, bool, str, int], ...] = (
 _V3_ACTS = {"RE": nn.relu, "HS": nn.hard_swish}
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(layers.Classifier):
     """MobileNetV3: hard-swish stem, inverted residuals with SE, 1x1 conv, pooled Dense head."""
 
     blocks: tuple[tuple[int, int, int, bool, str, int], ...] = V3_LARGE
     hidden_features: int = 1280
-    num_classes: int = 1000
     width: float = 1.0
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
     dropout_rate: float = 0.2
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
 
     min_size = 1  # symmetric padding: a stride-2 conv maps 1 pixel to 1 pixel
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="MobileNetV3")
-        x = x.astype(self.dtype)
-        norm = layers.batch_norm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 axis_name=self.axis_name, dtype=self.dtype)
+        x = self.check_input(x, model="MobileNetV3")
+        norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon)
 
         def width(channels: int) -> int:
             return layers.make_divisible(channels * self.width)
@@ -306,45 +280,13 @@ class MobileNetV3(nn.Module):
         x = layers.global_avg_pool(x)
         x = nn.Dense(width(self.hidden_features), dtype=self.dtype,
                      kernel_init=nn.initializers.normal(0.01), name="head_hidden")(x)
-        x = nn.hard_swish(x)
-        self.sow("intermediates", "pre_logits", x)
-        if not self.num_classes:
-            return x.astype(jnp.float32)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return layers.dense_head(x, self.num_classes, dtype=self.dtype,
+        return self.forward_head(nn.hard_swish(x), train=train, pool=False,
+                                 dropout_rate=self.dropout_rate,
                                  kernel_init=nn.initializers.normal(0.01))
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight converters: the reference's array names -> ours. The helpers are shared with
-# EfficientNet (same blocks, same naming schemes).
-
-_TORCH_BN = {"weight": "params/{}/scale", "bias": "params/{}/bias",
-             "running_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var"}
-_KERAS_BN = {"gamma": "params/{}/scale", "beta": "params/{}/bias",
-             "moving_mean": "batch_stats/{}/mean", "moving_variance": "batch_stats/{}/var"}
-
-
-def torch_conv_bn(module: str, index: str, leaf: str) -> str | None:
-    """A torch ``Conv2dNormActivation`` (``.0`` conv, ``.1`` BatchNorm) -> our ``ConvBN``."""
-    if leaf == "num_batches_tracked":
-        return None
-    if index == "0":
-        return f"params/{module}/conv/{ {'weight': 'kernel'}[leaf] }"
-    return _TORCH_BN[leaf].format(f"{module}/bn")
-
-
-def torch_dense(module: str, leaf: str) -> str:
-    """A torch Linear or a 1x1 convolution with bias (SE) -> our Dense/Conv."""
-    return f"params/{module}/{ {'weight': 'kernel', 'bias': 'bias'}[leaf] }"
-
-
-def keras_layer(module: str, leaf: str) -> str:
-    """A Keras Conv2D/DepthwiseConv2D/Dense/BatchNormalization weight -> ours."""
-    if leaf in _KERAS_BN:
-        return _KERAS_BN[leaf].format(f"{module}/bn")
-    kind = {"kernel": "kernel", "depthwise_kernel": "kernel", "bias": "bias"}[leaf]
-    return f"params/{module}/{kind}"
+# Weight converters: the reference's array names -> ours (vocabulary of jaxcnn.spec).
 
 
 def stage_block(index: int, repeats: tuple[int, ...]) -> str:
@@ -353,43 +295,45 @@ def stage_block(index: int, repeats: tuple[int, ...]) -> str:
         if index < n:
             return f"stage{stage}_block{index + 1}"
         index -= n
-    raise IndexError(f"block {index} beyond the last stage")
+    raise NotMine(f"block {index} beyond the last stage")
 
 
 _V1_TIMM_STAGES = (1, 2, 2, 6, 2)  # timm groups the 13 blocks by output stride
-_V1_TIMM_LAYERS = {"conv_dw": ("depthwise", "conv"), "bn1": ("depthwise", "bn"),
-                   "conv_pw": ("pointwise", "conv"), "bn2": ("pointwise", "bn")}
+_V1_TIMM_TOP = {"conv_stem": "stem/conv", "bn1": "stem/bn", "classifier": "head"}
+_V1_TIMM_LAYERS = {"conv_dw": "depthwise/conv", "bn1": "depthwise/bn",
+                   "conv_pw": "pointwise/conv", "bn2": "pointwise/bn"}
 
 
 def rename_timm_v1(key: str) -> str | None:
     """timm ``mobilenetv1_*`` -> :class:`MobileNetV1`."""
-    *path, leaf = key.split(".")
-    if leaf == "num_batches_tracked":
-        return None
-    if path == ["conv_stem"]:
-        return torch_conv_bn("stem", "0", leaf)
-    if path == ["bn1"]:
-        return torch_conv_bn("stem", "1", leaf)
-    if path == ["classifier"]:
-        return torch_dense("head", leaf)
-    _, stage, block, layer = path
-    module, kind = _V1_TIMM_LAYERS[layer]
-    name = f"block{sum(_V1_TIMM_STAGES[:int(stage)]) + int(block) + 1}/{module}"
-    return torch_conv_bn(name, "0" if kind == "conv" else "1", leaf)
+    path, leaf = torch_parts(key)
+    if len(path) == 1:
+        module = lookup(_V1_TIMM_TOP, path[0])
+    elif len(path) == 4 and path[0] == "blocks":
+        _, stage, block, layer = path
+        first = sum(_V1_TIMM_STAGES[:number(stage)])
+        module = f"block{first + number(block) + 1}/{lookup(_V1_TIMM_LAYERS, layer)}"
+    else:
+        raise NotMine(key)
+    return torch_leaf(module, leaf, norm=module.endswith("/bn"))
+
+
+_KERAS_V1_KINDS = {"dw": "depthwise", "pw": "pointwise"}
 
 
 def rename_keras_v1(key: str) -> str | None:
     """``keras.applications.MobileNet`` (any alpha) -> :class:`MobileNetV1` (``padding="keras"``)."""
-    layer, leaf = key.split("/")
+    layer, leaf = keras_parts(key)
     if layer == "conv_preds":
-        return keras_layer("head", leaf)
-    layer, bn = (layer[:-3], True) if layer.endswith("_bn") else (layer, False)
-    if layer == "conv1":
+        return keras_leaf("head", leaf)
+    unit, bn = (layer[:-3], True) if layer.endswith("_bn") else (layer, False)
+    if unit == "conv1":
         module = "stem"
+    elif match := re.fullmatch(r"conv_(dw|pw)_(\d+)", unit):
+        module = f"block{int(match.group(2))}/{_KERAS_V1_KINDS[match.group(1)]}"
     else:
-        kind, n = layer.split("_")[1:]
-        module = f"block{int(n)}/{ {'dw': 'depthwise', 'pw': 'pointwise'}[kind] }"
-    return keras_layer(module if bn else f"{module}/conv", leaf)
+        raise NotMine(key)
+    return keras_leaf(f"{module}/{'bn' if bn else 'conv'}", leaf)
 
 
 _V2_REPEATS = tuple(n for _, _, n, _ in V2_STAGES)
@@ -401,77 +345,65 @@ def rename_torchvision_v2(key: str) -> str | None:
     ``features.{i}.conv`` holds [expand (Conv-BN-ReLU6)], depthwise (Conv-BN-ReLU6), project
     conv, project BN; the first block has no expansion.
     """
-    *path, leaf = key.split(".")
-    if leaf == "num_batches_tracked":
-        return None
-    if path[0] == "classifier":
-        return torch_dense("head", leaf)
+    path, leaf = torch_parts(key)
+    last = sum(_V2_REPEATS) + 1
+    if (end := torchvision_stack_ends(path, leaf, last=last, classifier={"1": "head"})):
+        return end
+    if len(path) not in (4, 5) or path[2] != "conv":
+        raise NotMine(key)
     i = int(path[1])
-    if i == 0:
-        return torch_conv_bn("stem", path[2], leaf)
-    if i == sum(_V2_REPEATS) + 1:
-        return torch_conv_bn("final_conv", path[2], leaf)
-    block = stage_block(i - 1, _V2_REPEATS)
     parts = (["expand"] if i > 1 else []) + ["depthwise", "project/conv", "project/bn"]
-    part = parts[int(path[3])]
-    if part.startswith("project"):
-        return torch_conv_bn(f"{block}/project", "0" if part.endswith("conv") else "1", leaf)
-    return torch_conv_bn(f"{block}/{part}", path[4], leaf)
+    part = nth(parts, path[3])
+    module = f"{stage_block(i - 1, _V2_REPEATS)}/{part}"
+    if part.startswith("project") and len(path) == 4:
+        return torch_leaf(module, leaf, norm=part.endswith("/bn"))
+    if not part.startswith("project") and len(path) == 5:
+        return torch_conv_norm(module, path[4], leaf)
+    raise NotMine(key)
 
 
 def rename_keras_v2(key: str) -> str | None:
     """``keras.applications.MobileNetV2`` -> :class:`MobileNetV2` (``padding="keras"``)."""
-    layer, leaf = key.split("/")
+    layer, leaf = keras_parts(key)
     if layer == "predictions":
-        return keras_layer("head", leaf)
+        return keras_leaf("head", leaf)
     bn = layer.lower().endswith("_bn")
-    layer = layer[:-3] if bn else layer
-    if layer in ("Conv1", "bn_Conv1"):
-        module = "stem"
-        bn = layer == "bn_Conv1"
-    elif layer == "Conv_1":
+    unit = layer[:-3] if bn else layer
+    if unit in ("Conv1", "bn_Conv1"):
+        module, bn = "stem", unit == "bn_Conv1"
+    elif unit == "Conv_1":
         module = "final_conv"
+    elif match := re.fullmatch(r"(?:expanded_conv|block_(\d+))_(expand|depthwise|project)", unit):
+        module = f"{stage_block(int(match.group(1) or 0), _V2_REPEATS)}/{match.group(2)}"
     else:
-        prefix, part = layer.rsplit("_", 1)
-        index = 0 if prefix == "expanded_conv" else int(prefix.split("_")[1])
-        module = f"{stage_block(index, _V2_REPEATS)}/{part}"
-    return keras_layer(module if bn else f"{module}/conv", leaf)
+        raise NotMine(key)
+    return keras_leaf(f"{module}/{'bn' if bn else 'conv'}", leaf)
 
 
-def torch_mbconv(block: str, parts: tuple[str, ...], path: list[str], leaf: str) -> str | None:
-    """One torchvision MBConv/InvertedResidual (``block.{k}``) whose sub-layers are ``parts``."""
-    part = parts[int(path[0])]
-    if part == "squeeze_excite":
-        return torch_dense(f"{block}/squeeze_excite/{ {'fc1': 'reduce', 'fc2': 'expand'}[path[1]] }",
-                           leaf)
-    return torch_conv_bn(f"{block}/{part}", path[1], leaf)
-
-
-def rename_torchvision_v3(key: str, blocks: tuple[tuple[int, int, int, bool, str, int], ...]) -> str | None:
+def rename_torchvision_v3(key: str, blocks: tuple[tuple[int, int, int, bool, str, int], ...]
+                          ) -> str | None:
     """torchvision ``mobilenet_v3_large/small`` -> :class:`MobileNetV3` with ``blocks``."""
-    *path, leaf = key.split(".")
-    if leaf == "num_batches_tracked":
-        return None
-    if path[0] == "classifier":
-        return torch_dense({"0": "head_hidden", "3": "head"}[path[1]], leaf)
+    path, leaf = torch_parts(key)
+    classifier = {"0": "head_hidden", "3": "head"}
+    if (end := torchvision_stack_ends(path, leaf, last=len(blocks) + 1, classifier=classifier)):
+        return end
+    if path[2] != "block":
+        raise NotMine(key)
     i = int(path[1])
-    if i == 0:
-        return torch_conv_bn("stem", path[2], leaf)
-    if i == len(blocks) + 1:
-        return torch_conv_bn("final_conv", path[2], leaf)
     _, expanded, _, se, _, _ = blocks[i - 1]
     in_features = blocks[i - 2][2] if i > 1 else 16
     parts = ((["expand"] if expanded != in_features else []) + ["depthwise"]
              + (["squeeze_excite"] if se else []) + ["project"])
-    return torch_mbconv(f"block{i}", tuple(parts), path[3:], leaf)
+    return torch_inverted_residual(f"block{i}", tuple(parts), path[3:], leaf)
 
 
 # ---------------------------------------------------------------------------------------------
 # Registry
 
-_TV = "torchvision 0.29.1 Weights meta"
 _KA = "keras.io Applications table (exact-integer revision)"
+_KERAS = "Keras 3.15.1 keras.applications.{}(weights=None)"
 _PAPER_V1 = "Howard et al. 2017, Table 6 (params rounded to 0.1M, Mult-Adds to 1M)"
+
 
 _keras_v1 = functools.partial(MobileNetV1, padding="keras", bn_momentum=0.99, bn_epsilon=1e-3,
                               dropout_rate=1e-3)
@@ -483,8 +415,8 @@ def _keras_v1_alpha(alpha: float, params: float, gmacs: float, top1: float) -> M
         input_shape=(224, 224, 3),
         reference=f"keras.applications.MobileNet(alpha={alpha}) (Keras 3.15.1)",
         published=(
-            Published(params, "params", _PAPER_V1),
-            Published(gmacs, "gmacs", _PAPER_V1),
+            Published(params, "params", _PAPER_V1, rounded=True),
+            Published(gmacs, "gmacs", _PAPER_V1, rounded=True),
             Published(top1, "top1", _PAPER_V1),
         ),
         converters=(Converter("keras", "MobileNet", rename_keras_v1,
@@ -498,8 +430,10 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(224, 224, 3),
         reference="timm mobilenetv1_100 (timm 1.0.31): symmetric padding, BN eps 1e-5, Linear head",
         published=(
-            Published(4_231_976, "params", "timm mobilenetv1_100 / imgclsmob / Keras trainable"),
-            Published(0.569, "gmacs", _PAPER_V1),
+            Published(4_231_976, "params",
+                      "osmr/imgclsmob gluon/README.md, MobileNet 1.0 (= timm 1.0.31 "
+                      "mobilenetv1_100, = Keras MobileNet trainable)"),
+            Published(0.569, "gmacs", _PAPER_V1, rounded=True),
             Published(70.6, "top1", "Howard et al. 2017, Table 6"),
         ),
         converters=(Converter("timm", "mobilenetv1_100", rename_timm_v1),),
@@ -510,8 +444,8 @@ MODELS: dict[str, ModelSpec] = {
         reference="keras.applications.MobileNet (Keras 3.15.1): TF padding, BN eps 1e-3",
         published=(
             Published(4_253_864, "keras_total", _KA + ", MobileNet"),
-            Published(4_231_976, "params", "Keras MobileNet trainable params"),
-            Published(0.569, "gmacs", _PAPER_V1),
+            Published(4_231_976, "params", _KERAS.format("MobileNet") + " trainable"),
+            Published(0.569, "gmacs", _PAPER_V1, rounded=True),
             Published(70.4, "top1", _KA + ", MobileNet"),
         ),
         converters=(Converter("keras", "MobileNet", rename_keras_v1),),
@@ -523,11 +457,7 @@ MODELS: dict[str, ModelSpec] = {
         builder=MobileNetV2,
         input_shape=(224, 224, 3),
         reference="torchvision mobilenet_v2 (torchvision 0.29.1)",
-        published=(
-            Published(3_504_872, "params", _TV),
-            Published(0.301, "gmacs", _TV),
-            Published(71.878, "top1", _TV + " (IMAGENET1K_V1)"),
-        ),
+        published=torchvision_meta("MobileNet_V2", 3_504_872, 0.301, 71.878),
         converters=(Converter("torchvision", "mobilenet_v2", rename_torchvision_v2),),
     ),
     "mobilenet_v2_keras": ModelSpec(
@@ -537,7 +467,8 @@ MODELS: dict[str, ModelSpec] = {
         reference="keras.applications.MobileNetV2 (Keras 3.15.1): TF padding, BN eps 1e-3",
         published=(
             Published(3_538_984, "keras_total", _KA + ", MobileNetV2"),
-            Published(3_504_872, "params", "Keras MobileNetV2 trainable params (= torchvision)"),
+            Published(3_504_872, "params",
+                      _KERAS.format("MobileNetV2") + " trainable (= torchvision)"),
             Published(71.3, "top1", _KA + ", MobileNetV2"),
         ),
         converters=(Converter("keras", "MobileNetV2", rename_keras_v2),),
@@ -547,10 +478,9 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(224, 224, 3),
         reference="torchvision mobilenet_v3_large (torchvision 0.29.1)",
         published=(
-            Published(5_483_032, "params", _TV),
-            Published(5_507_432, "keras_total", "Keras MobileNetV3Large() total (computed)"),
-            Published(0.217, "gmacs", _TV),
-            Published(74.042, "top1", _TV + " (IMAGENET1K_V1)"),
+            *torchvision_meta("MobileNet_V3_Large", 5_483_032, 0.217, 74.042),
+            Published(5_507_432, "keras_total", "computed: " + _KERAS.format("MobileNetV3Large")
+                      + " total, not in the keras.io table (docs/sources.md sec. 3.6)"),
         ),
         converters=(Converter("torchvision", "mobilenet_v3_large",
                               functools.partial(rename_torchvision_v3, blocks=V3_LARGE)),),
@@ -560,10 +490,9 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(224, 224, 3),
         reference="torchvision mobilenet_v3_small (torchvision 0.29.1)",
         published=(
-            Published(2_542_856, "params", _TV),
-            Published(2_554_968, "keras_total", "Keras MobileNetV3Small() total (computed)"),
-            Published(0.057, "gmacs", _TV),
-            Published(67.668, "top1", _TV + " (IMAGENET1K_V1)"),
+            *torchvision_meta("MobileNet_V3_Small", 2_542_856, 0.057, 67.668),
+            Published(2_554_968, "keras_total", "computed: " + _KERAS.format("MobileNetV3Small")
+                      + " total, not in the keras.io table (docs/sources.md sec. 3.6)"),
         ),
         converters=(Converter("torchvision", "mobilenet_v3_small",
                               functools.partial(rename_torchvision_v3, blocks=V3_SMALL)),),

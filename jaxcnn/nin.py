@@ -23,23 +23,20 @@ nin_cifar10   192-160-96 / 192-192-192 / 192-192-10         966,986
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxcnn import layers
 from jaxcnn.spec import ModelSpec, Published
-
-Dtype = Any
 
 # torch.nn.init.kaiming_uniform_ with its defaults, as imgclsmob initialises every convolution.
 _kaiming_uniform = nn.initializers.variance_scaling(2.0, "fan_in", "uniform")
 
 
-class NIN(nn.Module):
+class NIN(layers.Classifier):
     """Network in Network: mlpconv stages separated by pool + dropout, then a 1x1 class conv.
 
     ``stages[i]`` lists the widths of stage i's convolutions: the first has kernel
@@ -49,17 +46,14 @@ class NIN(nn.Module):
     stages: tuple[tuple[int, ...], ...] = ((192, 160, 96), (192, 192, 192), (192, 192))
     first_kernels: tuple[int, ...] = (5, 5, 3)
     dropout_rate: float = 0.5
-    num_classes: int = 10
-    dtype: Dtype = jnp.float32
-    axis_name: str | None = None  # no BatchNorm; kept so every model accepts it
+    num_classes: int = dataclasses.field(default=10, kw_only=True)
 
     # Padded 3x3/2 pools keep at least one pixel and the head pools globally.
     min_size = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="NIN")
-        x = x.astype(self.dtype)
+        x = self.check_input(x, model="NIN")
         conv = functools.partial(nn.Conv, kernel_init=_kaiming_uniform, dtype=self.dtype)
         for i, (widths, kernel) in enumerate(zip(self.stages, self.first_kernels)):
             if i == 1:
@@ -73,11 +67,7 @@ class NIN(nn.Module):
                 x = conv(width, (k, k), padding=layers.pair_padding((k - 1) // 2),
                          name=f"stage{i + 1}_unit{j + 1}")(x)
                 x = nn.relu(x)
-        features = layers.global_avg_pool(x.astype(jnp.float32))
-        self.sow("intermediates", "pre_logits", features)
-        if self.num_classes == 0:
-            return features
-        return layers.class_map_head(x, self.num_classes, conv)
+        return self.forward_head(x, train=train, class_maps=conv)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -87,7 +77,7 @@ MODELS: dict[str, ModelSpec] = {
         num_classes=10,
         reference="imgclsmob (pytorchcv) nin_cifar10",
         published=(
-            Published(966_986, "params", "imgclsmob gluon README, nin_cifar10"),
+            Published(966_986, "params", "osmr/imgclsmob gluon/README.md, NIN (nin_cifar10)"),
         ),
     ),
 }

@@ -19,7 +19,7 @@ from jaxcnn import (
     alexnet, allcnn, densenet, efficientnet, googlenet, inception, lenet, mobilenet, nin,
     resnet, squeezenet, stn, vgg, whatwhere,
 )
-from jaxcnn.spec import ModelSpec, Published
+from jaxcnn.spec import Converter, ModelSpec, Published
 
 _FAMILIES = (
     lenet, alexnet, vgg, googlenet, inception, resnet, mobilenet, efficientnet, nin, allcnn,
@@ -54,7 +54,9 @@ class UnknownModelError(ValueError):
     """A name that is neither a registered variant nor an alias."""
 
 
-def _resolve(name: str) -> str:
+def resolve(name: str) -> str:
+    """The registered variant a name or alias means (case and ``-``/``_`` do not matter);
+    an unknown name raises :class:`UnknownModelError` listing the close names."""
     key = name.lower().replace("-", "_")
     key = ALIASES.get(key, key)
     if key in _REGISTRY:
@@ -77,7 +79,8 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
-    """What :func:`model_info` returns: timm's ``default_cfg`` plus the published figures."""
+    """What :func:`model_info` returns: timm's ``default_cfg`` plus the published figures and
+    the reference implementations whose weights the variant reads."""
 
     name: str
     input_shape: tuple[int, int, int]
@@ -86,11 +89,13 @@ class ModelInfo:
     published: tuple[Published, ...]
     module: str
     min_size: int
+    converters: tuple[Converter, ...] = ()
 
 
 def model_info(name: str) -> ModelInfo:
-    """Default input (H, W, C), number of classes, the reference followed, published figures."""
-    key = _resolve(name)
+    """Default input (H, W, C), number of classes, the reference followed, published figures,
+    converters."""
+    key = resolve(name)
     spec = _REGISTRY[key]
     module = getattr(spec.builder, "func", spec.builder)
     return ModelInfo(
@@ -101,6 +106,7 @@ def model_info(name: str) -> ModelInfo:
         published=spec.published,
         module=f"{module.__module__}.{module.__qualname__}",
         min_size=spec.builder(num_classes=spec.num_classes).min_size,
+        converters=spec.converters,
     )
 
 
@@ -113,7 +119,7 @@ def create_model(
     computation dtype (parameters stay float32); ``overrides`` set other fields of the module,
     e.g. ``aux_logits=True`` or ``axis_name="batch"`` for cross-replica BatchNorm under pmap.
     """
-    key = _resolve(name)
+    key = resolve(name)
     spec = _REGISTRY[key]
     kwargs = {"num_classes": spec.num_classes if num_classes is None else num_classes,
               "dtype": dtype, **overrides}

@@ -74,7 +74,6 @@ resnet152_v2        60,236,904   60,380,648   10.907  keras.applications.ResNet1
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -82,8 +81,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
+from jaxcnn.spec import (
+    Converter, ModelSpec, NotMine, Published, groups, keras_leaf, keras_parts, lookup, number,
+    torch_leaf, torch_parts, torchvision_meta,
+)
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 """Bottleneck widths ("planes") of the four stages; outputs are these times the expansion."""
@@ -182,7 +183,7 @@ class Stem(nn.Module):
         return layers.max_pool(x, 3, 2, padding=1)
 
 
-class ResNet(nn.Module):
+class ResNet(layers.Classifier):
     """ResNet v1/v1.5 and its relatives (Wide, ResNeXt, SE, SENet-154) through block options.
 
     ``stage_sizes`` are the blocks per stage; ``block`` is :class:`BasicBlock` or
@@ -208,9 +209,6 @@ class ResNet(nn.Module):
     dropout_rate: float = 0.0
     kernel_init: Callable = layers.kaiming_normal_fan_out
     head_init: Callable = nn.initializers.lecun_normal()
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
 
     @property
     def min_size(self) -> int:
@@ -220,12 +218,8 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="ResNet")
-        x = x.astype(self.dtype)
-        norm = layers.batch_norm(
-            momentum=self.bn_momentum, epsilon=self.bn_epsilon, axis_name=self.axis_name,
-            dtype=self.dtype,
-        )
+        x = self.check_input(x, model="ResNet")
+        norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon)
         common = dict(conv_bias=self.conv_bias, norm=norm, kernel_init=self.kernel_init,
                       dtype=self.dtype)
         x = Stem(self.stem_widths, self.stem_pool_ceil, name="stem", **common)(x, train=train)
@@ -242,13 +236,7 @@ class ResNet(nn.Module):
                     downsample_kernel=self.downsample_kernel if first_strided else 1,
                     name=f"stage{i + 1}_block{j + 1}",
                 )(x, train=train)
-        x = layers.global_avg_pool(x)
-        self.sow("intermediates", "pre_logits", x)
-        if self.num_classes == 0:
-            return x.astype(jnp.float32)
-        if self.dropout_rate:
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return layers.dense_head(x, self.num_classes, dtype=self.dtype,
+        return self.forward_head(x, train=train, dropout_rate=self.dropout_rate,
                                  kernel_init=self.head_init)
 
 
@@ -281,7 +269,7 @@ class PreActBottleneck(nn.Module):
         return shortcut + y
 
 
-class ResNetV2(nn.Module):
+class ResNetV2(layers.Classifier):
     """Pre-activation ResNet as Keras Applications builds it (``ResNet50V2`` and deeper).
 
     The stride sits on the last block of every stage but the last; the stem convolution is
@@ -292,21 +280,14 @@ class ResNetV2(nn.Module):
     bn_momentum: float = 0.99
     bn_epsilon: float = 1.001e-5
     kernel_init: Callable = nn.initializers.glorot_uniform()
-    num_classes: int = 1000
-    dtype: Any = jnp.float32
-    axis_name: str | None = None
 
     min_size = 1
     """Every strided layer is padded, so even a 1x1 image keeps one pixel to the end."""
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="ResNetV2")
-        x = x.astype(self.dtype)
-        norm = layers.batch_norm(
-            momentum=self.bn_momentum, epsilon=self.bn_epsilon, axis_name=self.axis_name,
-            dtype=self.dtype,
-        )
+        x = self.check_input(x, model="ResNetV2")
+        norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon)
         x = nn.Conv(64, (7, 7), strides=2, padding=layers.pair_padding(3),
                     kernel_init=self.kernel_init, dtype=self.dtype, name="stem")(x)
         # No ReLU before this pool, so Keras' zero padding is not -inf padding.
@@ -321,70 +302,58 @@ class ResNetV2(nn.Module):
                     dtype=self.dtype, name=f"stage{i + 1}_block{j + 1}",
                 )(x, train=train)
         x = nn.relu(norm(name="post_bn")(x, use_running_average=not train))
-        x = layers.global_avg_pool(x)
-        self.sow("intermediates", "pre_logits", x)
-        if self.num_classes == 0:
-            return x.astype(jnp.float32)
-        return layers.dense_head(x, self.num_classes, dtype=self.dtype,
-                                 kernel_init=self.kernel_init)
+        return self.forward_head(x, train=train, kernel_init=self.kernel_init)
 
 
 # --- Converters: reference array names -> our variable paths ----------------------------------
 
-_TORCH_LEAVES = {
-    "bn": {"weight": "params/{}/scale", "bias": "params/{}/bias",
-           "running_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var"},
-    "other": {"weight": "params/{}/kernel", "bias": "params/{}/bias"},
-}
-
-
 def _torch_module(parts: list[str]) -> str:
-    if parts[0] in ("conv1", "bn1"):  # torchvision stem
+    if parts in (["conv1"], ["bn1"]):  # torchvision stem
         return f"stem/conv1/{parts[0][:-1]}"
-    if parts[0] == "layer0":  # Cadene/timm stem: conv1, bn1 (, conv2, bn2, conv3, bn3)
-        return f"stem/conv{parts[1][-1]}/{parts[1][:-1]}"
-    if parts[0] in ("fc", "last_linear"):
+    if parts[0] == "layer0" and len(parts) == 2:  # Cadene/timm stem: conv1, bn1 (, conv2 ...)
+        unit = lookup({"conv": "conv", "bn": "bn"}, parts[1][:-1])
+        return f"stem/conv{number(parts[1][-1])}/{unit}"
+    if parts in (["fc"], ["last_linear"]):
         return "head"
-    block = f"stage{parts[0][len('layer'):]}_block{int(parts[1]) + 1}"
-    if parts[2] == "downsample":
-        return f"{block}/downsample/{'conv' if parts[3] == '0' else 'bn'}"
-    if parts[2] == "se_module":
-        return f"{block}/squeeze_excite/{'reduce' if parts[3] == 'fc1' else 'expand'}"
-    return f"{block}/conv{parts[2][-1]}/{parts[2][:-1]}"  # conv2 / bn2
+    if not parts[0].startswith("layer") or len(parts) < 3:
+        raise NotMine(".".join(parts))
+    block = f"stage{number(parts[0][len('layer'):])}_block{number(parts[1]) + 1}"
+    if parts[2] == "downsample" and len(parts) == 4:
+        return f"{block}/downsample/{lookup({'0': 'conv', '1': 'bn'}, parts[3])}"
+    if parts[2] == "se_module" and len(parts) == 4:
+        return f"{block}/squeeze_excite/{lookup({'fc1': 'reduce', 'fc2': 'expand'}, parts[3])}"
+    if len(parts) != 3:
+        raise NotMine(".".join(parts))
+    unit = lookup({"conv": "conv", "bn": "bn"}, parts[2][:-1])
+    return f"{block}/conv{number(parts[2][-1])}/{unit}"  # conv2 / bn2
 
 
 def torch_rename(key: str) -> str | None:
     """torchvision ResNet and timm/Cadene legacy SENet state-dict keys to our variable paths."""
-    *parts, leaf = key.split(".")
-    if leaf == "num_batches_tracked":
-        return None
+    parts, leaf = torch_parts(key)
     module = _torch_module(parts)
-    return _TORCH_LEAVES["bn" if module.endswith("bn") else "other"][leaf].format(module)
+    return torch_leaf(module, leaf, norm=module.endswith("bn"))
 
 
-_KERAS_LEAVES = {"kernel": "params/{}/kernel", "bias": "params/{}/bias",
-                 "gamma": "params/{}/scale", "beta": "params/{}/bias",
-                 "moving_mean": "batch_stats/{}/mean", "moving_variance": "batch_stats/{}/var"}
+_KERAS_UNITS = {
+    "0_conv": "downsample/conv", "0_bn": "downsample/bn", "preact_bn": "preact_bn",
+    "1_conv": "conv1/conv", "1_bn": "conv1/bn", "2_conv": "conv2/conv", "2_bn": "conv2/bn",
+    "3_conv": "conv3/conv", "3_bn": "conv3/bn",
+}
+_KERAS_TOP = {"conv1_conv": "stem/conv1/conv", "conv1_bn": "stem/conv1/bn",
+              "predictions": "head", "post_bn": "post_bn"}
 
 
 def keras_rename(key: str) -> str | None:
-    """Keras ResNet50/101/152 and ResNet50V2/101V2/152V2 ``layer/weight`` names to ours."""
-    layer, leaf = key.split("/")
-    if layer in ("conv1_conv", "conv1_bn"):
-        # The V1 stem is a conv+BN unit; the V2 stem a bare convolution.
-        module = {"conv1_conv": "stem/conv1/conv", "conv1_bn": "stem/conv1/bn"}[layer]
-    elif layer in ("predictions", "post_bn"):
-        module = {"predictions": "head"}.get(layer, layer)
-    else:
-        stage, block, unit = re.fullmatch(r"conv(\d)_block(\d+)_(\w+)", layer).groups()
-        prefix = f"stage{int(stage) - 1}_block{block}"
-        module = {
-            "0_conv": "downsample/conv", "0_bn": "downsample/bn", "preact_bn": "preact_bn",
-            "1_conv": "conv1/conv", "1_bn": "conv1/bn", "2_conv": "conv2/conv", "2_bn": "conv2/bn",
-            "3_conv": "conv3/conv", "3_bn": "conv3/bn",
-        }[unit]
-        module = f"{prefix}/{module}"
-    return _KERAS_LEAVES[leaf].format(module)
+    """Keras ResNet50/101/152 and ResNet50V2/101V2/152V2 ``layer/weight`` names to ours.
+
+    The V1 stem is a conv+BN unit, the V2 stem a bare convolution (see :func:`keras_v2_rename`).
+    """
+    layer, leaf = keras_parts(key)
+    if layer in _KERAS_TOP:
+        return keras_leaf(_KERAS_TOP[layer], leaf)
+    stage, block, unit = groups(r"conv(\d)_block(\d+)_(\w+)", layer)
+    return keras_leaf(f"stage{int(stage) - 1}_block{block}/{lookup(_KERAS_UNITS, unit)}", leaf)
 
 
 def keras_v2_rename(key: str) -> str | None:
@@ -400,24 +369,18 @@ def keras_v2_rename(key: str) -> str | None:
 _DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
            152: (3, 8, 36, 3)}
 
-_TV = "torchvision 0.29.1 Weights meta"
-_TV_TOP1 = "torchvision 0.29.1 Weights meta (IMAGENET1K_V1)"
 _KA = "keras.io Applications table (exact-integer revision)"
-_KA_TRAINABLE = "Keras Applications model.summary() trainable params"
+_KA_TRAINABLE = "Keras 3.15.1 keras.applications.{}(weights=None) trainable"
 _CAD = "Cadene pretrained-models.pytorch README"
 
 
-def _tv(name: str, builder: Callable[..., nn.Module], params: int, gmacs: float,
+def _tv(name: str, weights: str, builder: Callable[..., nn.Module], params: int, gmacs: float,
         top1: float) -> ModelSpec:
     return ModelSpec(
         builder=builder,
         input_shape=(224, 224, 3),
         reference=f"torchvision.models.{name} (ResNet v1.5: stride on the 3x3)",
-        published=(
-            Published(params, "params", _TV),
-            Published(gmacs, "gmacs", _TV),
-            Published(top1, "top1", _TV_TOP1),
-        ),
+        published=torchvision_meta(weights, params, gmacs, top1),
         converters=(Converter("torchvision", name, torch_rename),),
     )
 
@@ -464,72 +427,76 @@ def _v2(depth: int) -> Callable[..., nn.Module]:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "resnet18": _tv("resnet18", _tv_resnet(18), 11_689_512, 1.814, 69.758),
-    "resnet34": _tv("resnet34", _tv_resnet(34), 21_797_672, 3.664, 73.314),
-    "resnet50": _tv("resnet50", _tv_resnet(50), 25_557_032, 4.089, 76.130),
-    "resnet101": _tv("resnet101", _tv_resnet(101), 44_549_160, 7.801, 77.374),
-    "resnet152": _tv("resnet152", _tv_resnet(152), 60_192_808, 11.514, 78.312),
-    "wide_resnet50_2": _tv("wide_resnet50_2", _tv_resnet(50, base_width=128),
-                           68_883_240, 11.398, 78.468),
-    "wide_resnet101_2": _tv("wide_resnet101_2", _tv_resnet(101, base_width=128),
-                            126_886_696, 22.753, 78.848),
-    "resnext50_32x4d": _tv("resnext50_32x4d", _tv_resnet(50, groups=32, base_width=4),
-                           25_028_904, 4.230, 77.618),
-    "resnext101_32x8d": _tv("resnext101_32x8d", _tv_resnet(101, groups=32, base_width=8),
-                            88_791_336, 16.414, 79.312),
-    "resnext101_64x4d": _tv("resnext101_64x4d", _tv_resnet(101, groups=64, base_width=4),
-                            83_455_272, 15.460, 83.246),
+    "resnet18": _tv("resnet18", "ResNet18", _tv_resnet(18), 11_689_512, 1.814, 69.758),
+    "resnet34": _tv("resnet34", "ResNet34", _tv_resnet(34), 21_797_672, 3.664, 73.314),
+    "resnet50": _tv("resnet50", "ResNet50", _tv_resnet(50), 25_557_032, 4.089, 76.130),
+    "resnet101": _tv("resnet101", "ResNet101", _tv_resnet(101), 44_549_160, 7.801, 77.374),
+    "resnet152": _tv("resnet152", "ResNet152", _tv_resnet(152), 60_192_808, 11.514, 78.312),
+    "wide_resnet50_2": _tv("wide_resnet50_2", "Wide_ResNet50_2",
+                           _tv_resnet(50, base_width=128), 68_883_240, 11.398, 78.468),
+    "wide_resnet101_2": _tv("wide_resnet101_2", "Wide_ResNet101_2",
+                            _tv_resnet(101, base_width=128), 126_886_696, 22.753, 78.848),
+    "resnext50_32x4d": _tv("resnext50_32x4d", "ResNeXt50_32X4D",
+                           _tv_resnet(50, groups=32, base_width=4), 25_028_904, 4.230, 77.618),
+    "resnext101_32x8d": _tv("resnext101_32x8d", "ResNeXt101_32X8D",
+                            _tv_resnet(101, groups=32, base_width=8), 88_791_336, 16.414, 79.312),
+    "resnext101_64x4d": _tv("resnext101_64x4d", "ResNeXt101_64X4D",
+                            _tv_resnet(101, groups=64, base_width=4), 83_455_272, 15.460, 83.246),
     "seresnet50": _cadene(
         "se_resnet50", "legacy_seresnet50", _tv_resnet(50, stride_in_1x1=True, **_SE),
-        Published(28_088_024, "params", "imgclsmob README / timm / Cadene se_resnet50"),
+        Published(28_088_024, "params",
+                  "osmr/imgclsmob gluon/README.md, SE-ResNet-50 (= timm 1.0.31 legacy_seresnet50)"),
         Published(77.636, "top1", _CAD),
     ),
     "seresnet101": _cadene(
         "se_resnet101", "legacy_seresnet101", _tv_resnet(101, stride_in_1x1=True, **_SE),
-        Published(49_326_872, "params", "timm legacy_seresnet101 / Cadene se_resnet101"),
+        Published(49_326_872, "params", "computed from timm 1.0.31 legacy_seresnet101"),
     ),
     "seresnet152": _cadene(
         "se_resnet152", "legacy_seresnet152", _tv_resnet(152, stride_in_1x1=True, **_SE),
-        Published(66_821_848, "params", "timm legacy_seresnet152 / Cadene se_resnet152"),
+        Published(66_821_848, "params", "computed from timm 1.0.31 legacy_seresnet152"),
     ),
     "seresnext50_32x4d": _cadene(
         "se_resnext50_32x4d", "legacy_seresnext50_32x4d",
         _tv_resnet(50, groups=32, base_width=4, **_SE),
-        Published(27_559_896, "params", "imgclsmob / timm / Cadene se_resnext50_32x4d"),
+        Published(27_559_896, "params",
+                  "osmr/imgclsmob gluon/README.md, SE-ResNeXt-50 (32x4d) (= timm 1.0.31 "
+                  "legacy_seresnext50_32x4d)"),
         Published(79.076, "top1", _CAD),
     ),
     "seresnext101_32x4d": _cadene(
         "se_resnext101_32x4d", "legacy_seresnext101_32x4d",
         _tv_resnet(101, groups=32, base_width=4, **_SE),
-        Published(48_955_416, "params", "timm legacy_seresnext101_32x4d / Cadene"),
+        Published(48_955_416, "params", "computed from timm 1.0.31 legacy_seresnext101_32x4d"),
     ),
     "senet154": _cadene(
         "senet154", "legacy_senet154", _tv_resnet(152, **_SENET154),
-        Published(115_088_984, "params", "imgclsmob / timm / Cadene senet154"),
+        Published(115_088_984, "params",
+                  "osmr/imgclsmob gluon/README.md, SENet-154 (= timm 1.0.31 legacy_senet154)"),
         Published(81.304, "top1", _CAD),
     ),
     "resnet50_keras": _keras(
         "ResNet50", _tv_resnet(50, **_KERAS_V1),
         Published(25_636_712, "keras_total", _KA),
-        Published(25_583_592, "params", _KA_TRAINABLE),
+        Published(25_583_592, "params", _KA_TRAINABLE.format("ResNet50")),
         Published(74.9, "top1", _KA),
     ),
     "resnet101_keras": _keras(
         "ResNet101", _tv_resnet(101, **_KERAS_V1),
         Published(44_707_176, "keras_total", _KA),
-        Published(44_601_832, "params", _KA_TRAINABLE),
+        Published(44_601_832, "params", _KA_TRAINABLE.format("ResNet101")),
         Published(76.4, "top1", _KA),
     ),
     "resnet152_keras": _keras(
         "ResNet152", _tv_resnet(152, **_KERAS_V1),
         Published(60_419_944, "keras_total", _KA),
-        Published(60_268_520, "params", _KA_TRAINABLE),
+        Published(60_268_520, "params", _KA_TRAINABLE.format("ResNet152")),
         Published(76.6, "top1", _KA),
     ),
     "resnet50_v2": _keras(
         "ResNet50V2", _v2(50),
         Published(25_613_800, "keras_total", _KA),
-        Published(25_568_360, "params", _KA_TRAINABLE),
+        Published(25_568_360, "params", _KA_TRAINABLE.format("ResNet50V2")),
         Published(76.0, "top1", _KA),
     ),
     "resnet101_v2": _keras(

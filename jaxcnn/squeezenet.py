@@ -27,17 +27,15 @@ squeezenet1_1   torchvision ``squeezenet1_1``       1,235,496     0.349
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
-
-Dtype = Any
+from jaxcnn.spec import (
+    Converter, ModelSpec, Published, lookup, torch_layer, torch_parts, torchvision_meta,
+)
 
 # torch.nn.init.kaiming_uniform_ with its defaults, as torchvision initialises these convolutions.
 _kaiming_uniform = nn.initializers.variance_scaling(2.0, "fan_in", "uniform")
@@ -63,7 +61,7 @@ class Fire(nn.Module):
     squeeze: int
     expand1x1: int
     expand3x3: int
-    dtype: Dtype = jnp.float32
+    dtype: layers.Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -75,7 +73,7 @@ class Fire(nn.Module):
         return jnp.concatenate([a, b], axis=-1)
 
 
-class SqueezeNet(nn.Module):
+class SqueezeNet(layers.Classifier):
     """SqueezeNet: stem conv, Fire modules between ceil-mode max pools, 1x1 conv classifier.
 
     ``pool_after`` names the Fire modules (numbered from 2, as in the paper) followed by a max
@@ -87,9 +85,6 @@ class SqueezeNet(nn.Module):
     pool_after: tuple[int, ...]
     fires: tuple[tuple[int, int, int], ...] = FIRES
     dropout_rate: float = 0.5
-    num_classes: int = 1000
-    dtype: Dtype = jnp.float32
-    axis_name: str | None = None  # no BatchNorm; kept so every model accepts it
 
     def _feature_size(self, size: int) -> int:
         size = _pooled_size(max((size - self.stem_kernel) // 2 + 1, 0))
@@ -104,8 +99,7 @@ class SqueezeNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="SqueezeNet")
-        x = x.astype(self.dtype)
+        x = self.check_input(x, model="SqueezeNet")
         x = nn.Conv(self.stem_features, (self.stem_kernel,) * 2, strides=(2, 2),
                     padding="VALID", kernel_init=_kaiming_uniform, dtype=self.dtype,
                     name="conv1")(x)
@@ -114,20 +108,12 @@ class SqueezeNet(nn.Module):
             x = Fire(*widths, dtype=self.dtype, name=f"fire{number}")(x)
             if number in self.pool_after:
                 x = layers.max_pool(x, 3, 2, ceil_mode=True)
-        features = layers.global_avg_pool(x.astype(jnp.float32))
-        self.sow("intermediates", "pre_logits", features)
-        if self.num_classes == 0:
-            return features
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         conv = functools.partial(nn.Conv, kernel_init=nn.initializers.normal(0.01),
                                  dtype=self.dtype)
-        return layers.class_map_head(x, self.num_classes, conv)
+        return self.forward_head(x, train=train, dropout_rate=self.dropout_rate, class_maps=conv)
 
 
 # --- Weight converters ------------------------------------------------------------------------
-
-_TV_LEAVES = {"weight": "kernel", "bias": "bias"}
-
 
 @functools.lru_cache(maxsize=None)
 def _torchvision_modules(pool_after: tuple[int, ...]) -> dict[str, str]:
@@ -149,11 +135,9 @@ def torchvision_rename(key: str, *, pool_after: tuple[int, ...]) -> str | None:
     Bound to a variant with ``functools.partial(torchvision_rename, pool_after=(4, 8))``:
     torchvision's indices depend on where the pools are.
     """
-    *module, leaf = key.split(".")
-    ours = _torchvision_modules(pool_after).get(".".join(module[:2]))
-    if ours is None:
-        return f"unknown/{key}"  # not torchvision's SqueezeNet: reported as unexpected
-    return "/".join(["params", ours, *module[2:], _TV_LEAVES.get(leaf, leaf)])
+    path, leaf = torch_parts(key)
+    ours = lookup(_torchvision_modules(pool_after), ".".join(path[:2]))
+    return torch_layer("/".join([ours, *path[2:]]), leaf)
 
 
 def _converters(name: str, pool_after: tuple[int, ...]) -> tuple[Converter, ...]:
@@ -161,7 +145,6 @@ def _converters(name: str, pool_after: tuple[int, ...]) -> tuple[Converter, ...]
                       functools.partial(torchvision_rename, pool_after=pool_after)),)
 
 
-_TV = "torchvision 0.29.1 SqueezeNet{}_Weights meta"
 MODELS: dict[str, ModelSpec] = {
     "squeezenet1_0": ModelSpec(
         builder=functools.partial(SqueezeNet, stem_features=96, stem_kernel=7,
@@ -169,10 +152,8 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(224, 224, 3),
         reference="torchvision 0.29.1 models.squeezenet1_0",
         published=(
-            Published(1_248_424, "params", "Iandola et al. 2016, Table 1; "
-                      + _TV.format("1_0") + " num_params"),
-            Published(0.819, "gmacs", _TV.format("1_0") + " _ops"),
-            Published(58.092, "top1", _TV.format("1_0") + " acc@1"),
+            *torchvision_meta("SqueezeNet1_0", 1_248_424, 0.819, 58.092),
+            Published(1_248_424, "params", "Iandola et al. 2016, Table 1 (before pruning)"),
         ),
         converters=_converters("squeezenet1_0", (4, 8)),
     ),
@@ -181,11 +162,7 @@ MODELS: dict[str, ModelSpec] = {
                                   pool_after=(3, 5)),
         input_shape=(224, 224, 3),
         reference="torchvision 0.29.1 models.squeezenet1_1",
-        published=(
-            Published(1_235_496, "params", _TV.format("1_1") + " num_params"),
-            Published(0.349, "gmacs", _TV.format("1_1") + " _ops"),
-            Published(58.178, "top1", _TV.format("1_1") + " acc@1"),
-        ),
+        published=torchvision_meta("SqueezeNet1_1", 1_235_496, 0.349, 58.178),
         converters=_converters("squeezenet1_1", (3, 5)),
     ),
 }

@@ -49,6 +49,7 @@ Its flattens (320 and 90 features) take exactly 28x28 inputs; they flatten in Py
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any
 
@@ -56,7 +57,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.layers import check_image, dense_head, max_pool
+from jaxcnn.layers import Classifier, max_pool
 from jaxcnn.spec import ModelSpec, Published
 
 # PyTorch's default Conv2d/Linear weight initialisation (kaiming_uniform with a=sqrt(5)).
@@ -202,14 +203,13 @@ class LocalizationNet(nn.Module):
         return nn.relu(x)
 
 
-class StnNet(nn.Module):
+class StnNet(Classifier):
     """The PyTorch STN tutorial network: a spatial transformer, then a small LeNet-style net.
 
     Classifier: conv(5x5) -> max-pool 2 -> ReLU -> conv(5x5) -> channel dropout -> max-pool 2
     -> ReLU -> flatten -> fc -> ReLU -> dropout -> fc.
     """
 
-    num_classes: int = 10
     features: tuple[int, int] = (10, 20)
     kernel_size: int = 5
     hidden: int = 50
@@ -217,16 +217,14 @@ class StnNet(nn.Module):
     loc_features: tuple[int, ...] = (8, 10)
     loc_kernel_sizes: tuple[int, ...] = (7, 5)
     loc_hidden: int = 32
-    dtype: Any = jnp.float32
-    axis_name: str | None = None  # no BatchNorm here; kept so every model takes it
+    num_classes: int = dataclasses.field(default=10, kw_only=True)
 
     # The tutorial's flattens (320 and 90 features) fix the input at 28x28.
     min_size = 28
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        check_image(x, min_size=self.min_size, model="STN (MNIST tutorial)", fixed=True)
-        x = x.astype(self.dtype)
+        x = self.check_input(x, model="STN (MNIST tutorial)", fixed=True)
         localization = LocalizationNet(self.loc_features, self.loc_kernel_sizes, self.loc_hidden,
                                        dtype=self.dtype, parent=None)
         x = SpatialTransformer(localization=localization, dtype=self.dtype, name="stn")(
@@ -243,10 +241,7 @@ class StnNet(nn.Module):
         x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_torch_default_init,
                      name="fc1")(_flatten_chw(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-        self.sow("intermediates", "pre_logits", x)
-        if self.num_classes == 0:
-            return x.astype(jnp.float32)
-        return dense_head(x, self.num_classes, dtype=self.dtype, kernel_init=_torch_default_init)
+        return self.forward_head(x, train=train, pool=False, kernel_init=_torch_default_init)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -257,8 +252,9 @@ MODELS: dict[str, ModelSpec] = {
         num_classes=10,
         published=(
             Published(27_360, "params",
-                      "PyTorch spatial transformer tutorial network (computed from its layer "
-                      "sizes; published_params sec. 11)"),
+                      "computed from the layer sizes of pytorch/tutorials "
+                      "intermediate_source/spatial_transformer_tutorial.py, which prints no "
+                      "count (docs/sources.md sec. 3.6)"),
         ),
     ),
 }

@@ -15,7 +15,7 @@ adaptive pool (their counts equal torchvision's); Keras flattens the final 7x7x5
 order, as this module does, while torchvision flattens CHW (a weight converter permutes fc1's
 rows). Layer names follow Keras (``block1_conv1`` ... ``fc1``, ``fc2``); the classifier is
 ``head``. Every variant reads torchvision's weights (:func:`torchvision_rename`, with
-:func:`jaxcnn.alexnet.torch_flatten_fix` for fc1); ``vgg16`` and ``vgg19`` also read Keras'
+:func:`jaxcnn.spec.torch_flatten_fix` for fc1); ``vgg16`` and ``vgg19`` also read Keras'
 ``VGG16``/``VGG19`` (:func:`keras_rename`, no fix: Keras flattens HWC too).
 
 ========  ======  ============  ========  ============
@@ -31,18 +31,15 @@ vgg19     E       143,667,240   vgg19_bn  143,678,248
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxcnn import layers
-from jaxcnn.alexnet import torch_flatten_fix
-from jaxcnn.spec import ModelSpec, Published
-from jaxcnn.weights import Converter
-
-Dtype = Any
+from jaxcnn.spec import (
+    Converter, ModelSpec, Published, keras_leaf, keras_parts, lookup, torch_flatten_fix,
+    torch_leaf, torch_parts, torchvision_meta,
+)
 
 # Convolutions per stage of each configuration (Table 1 of the paper).
 STAGE_SIZES: dict[int, tuple[int, ...]] = {
@@ -53,7 +50,7 @@ STAGE_SIZES: dict[int, tuple[int, ...]] = {
 }
 
 
-class VGG(nn.Module):
+class VGG(layers.Classifier):
     """VGG: stages of 3x3 conv (+BN) + ReLU closed by max pooling, then three dense layers."""
 
     stage_sizes: tuple[int, ...]
@@ -61,9 +58,6 @@ class VGG(nn.Module):
     batch_norm: bool = False
     hidden: int = 4096
     dropout_rate: float = 0.5
-    num_classes: int = 1000
-    dtype: Dtype = jnp.float32
-    axis_name: str | None = None
 
     @property
     def min_size(self) -> int:
@@ -72,11 +66,10 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        layers.check_image(x, min_size=self.min_size, model="VGG")
-        x = x.astype(self.dtype)
+        x = self.check_input(x, model="VGG")
         norm = None
         if self.batch_norm:
-            norm = layers.batch_norm(axis_name=self.axis_name, dtype=self.dtype)
+            norm = self.norm_layer()
         for stage, (convs, width) in enumerate(zip(self.stage_sizes, self.widths), start=1):
             for i in range(1, convs + 1):
                 x = layers.ConvBN(
@@ -93,26 +86,12 @@ class VGG(nn.Module):
             x = nn.Dense(self.hidden, kernel_init=dense_init, dtype=self.dtype, name=name)(x)
             x = nn.relu(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = x.astype(jnp.float32)
-        self.sow("intermediates", "pre_logits", x)
-        if self.num_classes == 0:
-            return x
-        return layers.dense_head(x, self.num_classes, dtype=self.dtype, kernel_init=dense_init)
+        return self.forward_head(x, train=train, pool=False, kernel_init=dense_init)
 
 
 # --- Weight converters ------------------------------------------------------------------------
 
-_LEAVES = {
-    "conv": {"weight": "params/{}/kernel", "kernel": "params/{}/kernel", "bias": "params/{}/bias"},
-    "bn": {"weight": "params/{}/scale", "bias": "params/{}/bias",
-           "running_mean": "batch_stats/{}/mean", "running_var": "batch_stats/{}/var"},
-}
 _TV_CLASSIFIER = {"0": "fc1", "3": "fc2", "6": "head"}
-
-
-def _leaf(module: str, leaf: str) -> str:
-    leaves = _LEAVES["bn" if module.endswith("/bn") else "conv"]
-    return leaves.get(leaf, "params/{}/" + leaf).format(module)
 
 
 @functools.lru_cache(maxsize=None)
@@ -138,32 +117,23 @@ def torchvision_rename(key: str, *, depth: int, batch_norm: bool) -> str | None:
     Bound to a variant with ``functools.partial(torchvision_rename, depth=16, batch_norm=False)``:
     torchvision's layer indices depend on the configuration.
     """
-    parts = key.split(".")
-    if len(parts) != 3:
-        return f"unknown/{key}"  # not torchvision's VGG: reported as unexpected
-    part, index, leaf = parts
-    if leaf == "num_batches_tracked":
-        return None
-    table = (_torchvision_features(STAGE_SIZES[depth], batch_norm) if part == "features"
-             else _TV_CLASSIFIER if part == "classifier" else {})
-    module = table.get(index, f"unknown/{part}.{index}")
-    return _leaf(module, leaf)
+    (part, index), leaf = torch_parts(key, 3)
+    tables = {"features": _torchvision_features(STAGE_SIZES[depth], batch_norm),
+              "classifier": _TV_CLASSIFIER}
+    module = lookup(lookup(tables, part), index)
+    return torch_leaf(module, leaf, norm=module.endswith("/bn"))
 
 
 def keras_rename(key: str) -> str | None:
     """Keras ``VGG16``/``VGG19`` names (``block1_conv1/kernel``, ``fc1/bias``) to ours."""
-    parts = key.split("/")
-    if len(parts) != 2:
-        return f"unknown/{key}"  # not Keras' VGG: reported as unexpected
-    layer, leaf = parts
+    layer, leaf = keras_parts(key)
     if layer.startswith("block"):
         layer = f"{layer}/conv"
     elif layer == "predictions":
         layer = "head"
-    return _leaf(layer, leaf)
+    return keras_leaf(layer, leaf)
 
 
-_TV = "torchvision 0.29.1 {}_Weights meta"
 # depth: (params, GMACs, top-1) without BN, then with BN, from torchvision's Weights meta.
 _TV_FIGURES = {
     11: ((132_863_336, 7.609, 69.020), (132_868_840, 7.609, 70.370)),
@@ -177,12 +147,8 @@ _KERAS_TOTAL = {16: 138_357_544, 19: 143_667_240}
 def _spec(depth: int, batch_norm: bool) -> ModelSpec:
     name = f"vgg{depth}" + ("_bn" if batch_norm else "")
     params, gmacs, top1 = _TV_FIGURES[depth][batch_norm]
-    source = _TV.format(f"VGG{depth}" + ("_BN" if batch_norm else ""))
-    published = [
-        Published(params, "params", f"{source} num_params"),
-        Published(gmacs, "gmacs", f"{source} _ops"),
-        Published(top1, "top1", f"{source} acc@1"),
-    ]
+    published = list(torchvision_meta(f"VGG{depth}" + ("_BN" if batch_norm else ""), params,
+                                      gmacs, top1))
     converters = [Converter(
         "torchvision", name,
         functools.partial(torchvision_rename, depth=depth, batch_norm=batch_norm),

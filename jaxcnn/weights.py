@@ -1,9 +1,13 @@
-"""Load weights that exist elsewhere (torchvision, timm, Keras) into jaxcnn's Flax variables.
+"""The conversion engine: reads weight files and fills a model's variables with foreign arrays.
 
-A converter is data: each family declares, per variant, which reference implementation it can
-read (:class:`Converter`: the source framework, the reference's model name, and a ``rename``
-function from the reference's array names to ours). The array layouts are translated here once
-for every family:
+Each family declares, per variant, which reference implementation it can read
+(:class:`jaxcnn.spec.Converter`: the source framework, the reference's model name, and a
+``rename`` function from the reference's array names to ours, written in the shared vocabulary
+of :mod:`jaxcnn.spec`). This module executes such a declaration for any family; it imports
+nothing from jaxcnn but :mod:`jaxcnn.spec`. Finding a variant's converters and building its
+variables by name (:func:`jaxcnn.convert.load_pretrained`) needs the registry and sits above it.
+
+The array layouts are translated here once for every family:
 
 * PyTorch convolution kernels are OIHW (grouped: O, I/groups, H, W); Flax's are HWIO
   (H, W, I/groups, O). Linear weights are (out, in); Flax Dense kernels are (in, out).
@@ -11,55 +15,34 @@ for every family:
   grouped kernel is (H, W, 1, C * multiplier).
 * BatchNorm: weight/gamma -> ``params/.../scale``, bias/beta -> ``params/.../bias``,
   running_mean/moving_mean -> ``batch_stats/.../mean``, running_var/moving_variance ->
-  ``batch_stats/.../var``. PyTorch's ``num_batches_tracked`` has no counterpart and is dropped.
+  ``batch_stats/.../var``. PyTorch's ``num_batches_tracked`` has no counterpart: the engine
+  drops it before any rename sees it.
 
-Nothing is left silently at its random initial value: every variable of the model must be
-written exactly once and every array of the source must be used, or :class:`WeightMismatchError`
-lists the offending names. Reading safetensors, ``.npz`` or a mapping of NumPy arrays does not
-import torch; ``.pth``/``.pt`` files need it.
+A rename raises :class:`jaxcnn.spec.NotMine` for a name outside its scheme; the engine reports
+that name as unexpected. It catches nothing else: any other error of a rename (a real problem
+with the weights, such as the session numbering of Keras' InceptionV3) reaches the caller as
+it was raised. Nothing is left silently at its random initial value: every variable of the
+model must be written exactly once and every array of the source must be used, or
+:class:`WeightMismatchError` lists the offending names. Reading safetensors, ``.npz`` or a
+mapping of NumPy arrays does not import torch; ``.pth``/``.pt`` files need it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from flax import traverse_util
 
-Rename = Callable[[str], "str | None"]
-Fix = Callable[[str, np.ndarray, tuple[int, ...]], np.ndarray]
+from jaxcnn.spec import SOURCES, Converter, NotMine, WeightMismatchError
 
-SOURCES = ("torchvision", "timm", "keras")
+__all__ = ["SOURCES", "Converter", "NotMine", "WeightMismatchError", "convert",
+           "load_keras_weights", "load_state_dict"]
 
-
-class WeightMismatchError(ValueError):
-    """The source arrays do not fit the model: missing, unexpected or misshapen arrays."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Converter:
-    """How one jaxcnn variant reads one reference implementation's weights.
-
-    ``source``: ``"torchvision"``, ``"timm"`` or ``"keras"``. ``reference``: the reference's
-    model name (``torchvision.models.<reference>``, ``timm.create_model(reference)``,
-    ``keras.applications.<reference>``). ``rename`` maps a source array name (a state-dict key,
-    or ``"layer_name/weight_name"`` for Keras) to our variable path
-    (``"params/stage1_block1/conv1/conv/kernel"``), or ``None`` to drop it on purpose.
-    ``fix`` optionally rewrites an array before the generic layout change (for example the
-    flatten order of the first fully-connected layer of VGG and AlexNet).
-    ``reference_kwargs`` are passed when the parity tests build the reference.
-    ``optional`` names top-level modules the model may be built without (auxiliary heads):
-    their arrays load when the model has them and are dropped when it does not.
-    """
-
-    source: str
-    reference: str
-    rename: Rename
-    fix: Fix | None = None
-    reference_kwargs: tuple[tuple[str, Any], ...] = ()
-    optional: tuple[str, ...] = ()
+# Arrays of the source frameworks that no model variable corresponds to (PyTorch BatchNorm's
+# step counter).
+DROPPED_LEAVES = ("num_batches_tracked",)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,9 +206,11 @@ def convert(
     filled: dict[str, np.ndarray] = {}
     unexpected, misshapen, duplicated = [], [], []
     for key, value in state_dict.items():
+        if key.rsplit(".", 1)[-1] in DROPPED_LEAVES:
+            continue
         try:
             target = converter.rename(key)
-        except (ValueError, KeyError, IndexError):  # a name of another scheme or framework
+        except NotMine:  # a name of another network or framework
             unexpected.append(key)
             continue
         if target is None or target.split("/")[1] in absent:
@@ -267,43 +252,3 @@ def convert(
     nested = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in filled.items()})
     return nested
 
-
-def converters_for(name: str) -> tuple[Converter, ...]:
-    """The reference implementations whose weights variant ``name`` can read."""
-    from jaxcnn import registry
-
-    key = registry._resolve(name)
-    return registry._REGISTRY[key].converters
-
-
-def load_pretrained(
-    name: str,
-    source: str | os.PathLike | Mapping[str, Any],
-    *,
-    input_shape: tuple[int, ...] | None = None,
-    from_: str | None = None,
-    **overrides: Any,
-) -> dict[str, Any]:
-    """Builds variables for variant ``name`` from a weights file or mapping.
-
-    ``from_`` picks the reference framework (``"torchvision"``, ``"timm"``, ``"keras"``); by
-    default, every converter the variant declares is tried on the arrays' names and the one
-    that accounts for all of them is used.
-    """
-    from jaxcnn.summary import init_shapes
-
-    state = load_state_dict(source)
-    template = init_shapes(name, input_shape, **overrides)
-    candidates = [c for c in converters_for(name) if from_ is None or c.source == from_]
-    if not candidates:
-        raise WeightMismatchError(
-            f"{name} declares no converter from {from_!r}; it reads: "
-            + ", ".join(f"{c.source} {c.reference}" for c in converters_for(name)) + "."
-        )
-    errors = []
-    for conv in candidates:
-        try:
-            return convert(state, template, conv)
-        except WeightMismatchError as err:
-            errors.append(str(err))
-    raise WeightMismatchError("\n".join(errors))

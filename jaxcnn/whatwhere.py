@@ -39,20 +39,21 @@ least ``2 ** len(features)`` pixels a side works.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxcnn.layers import (
-    check_image, dense_head, max_pool_with_switches, max_unpool, pair_padding,
+    Classifier, check_image, max_pool_with_switches, max_unpool, pair_padding,
 )
 from jaxcnn.spec import ModelSpec
 
 
-class WhatWhereAutoencoder(nn.Module):
+class WhatWhereAutoencoder(Classifier):
     """Conv/ReLU/max-pool encoder, classifier on top, unpool/conv decoder fed the switches.
 
     ``__call__`` returns the logits (the pre-logits features when ``num_classes=0``) and sows
@@ -64,9 +65,7 @@ class WhatWhereAutoencoder(nn.Module):
     features: tuple[int, ...] = (16, 32)
     kernel_size: int = 5
     pool_size: int = 2
-    num_classes: int = 10
-    dtype: Any = jnp.float32
-    axis_name: str | None = None  # no BatchNorm here; kept so every model takes it
+    num_classes: int = dataclasses.field(default=10, kw_only=True)
 
     @property
     def min_size(self) -> int:
@@ -84,7 +83,6 @@ class WhatWhereAutoencoder(nn.Module):
 
     @nn.compact
     def _forward(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        del train  # no layer behaves differently in training
         in_channels = x.shape[-1]
         x = x.astype(self.dtype)
         conv = functools.partial(
@@ -101,12 +99,7 @@ class WhatWhereAutoencoder(nn.Module):
             whats.append(what)
             wheres.append(where)
 
-        pre_logits = what.reshape(what.shape[0], -1)
-        self.sow("intermediates", "pre_logits", pre_logits)
-        if self.num_classes == 0:
-            logits = pre_logits.astype(jnp.float32)
-        else:
-            logits = dense_head(pre_logits, self.num_classes, dtype=self.dtype)
+        logits = self.forward_head(what.reshape(what.shape[0], -1), train=train, pool=False)
 
         # Decoder, top down: layer i undoes pool i with its switches, then conv i.
         decoded = what

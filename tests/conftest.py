@@ -20,3 +20,45 @@ try:
     import timm  # noqa: F401
 except ImportError:
     pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the tests that compare converted weights with a reference implementation.
+
+
+def randomize_torch_batchnorm(model, seed=0):
+    """Gives every BatchNorm of a torch ``model`` random scales (1 + 0.2 N), offsets (0.2 N) and
+    running statistics (mean 0.2 N, variance 0.5 + U), so that eval mode tests the converted
+    statistics; a fresh BatchNorm (scale 1, mean 0, variance 1) would hide misplaced ones.
+    Returns the BatchNorm modules."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for m in norms:
+            n = m.num_features
+            m.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
+            m.bias.copy_(0.2 * torch.randn(n, generator=gen))
+            m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+    return norms
+
+
+def randomize_keras_batchnorm(model, seed=0):
+    """:func:`randomize_torch_batchnorm` for a Keras ``model`` (gamma is absent where Keras
+    builds BatchNorm with ``scale=False``). Returns the BatchNormalization layers."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    norms = [layer for layer in model.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        n = layer.moving_mean.shape[0]
+        if layer.gamma is not None:
+            layer.gamma.assign(1 + 0.2 * rng.standard_normal(n).astype("float32"))
+        layer.beta.assign(0.2 * rng.standard_normal(n).astype("float32"))
+        layer.moving_mean.assign(0.2 * rng.standard_normal(n).astype("float32"))
+        layer.moving_variance.assign((0.5 + rng.random(n)).astype("float32"))
+    return norms

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from jaxcnn import weights
+from jaxcnn import convert, weights
 
 
 def _shapes(name, size, **overrides):
@@ -63,7 +63,7 @@ def test_converted_torchvision_weights_at_224():
     """
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
-    (conv,) = weights.converters_for("alexnet")
+    (conv,) = convert.converters_for("alexnet")
     torch.manual_seed(0)
     tv = torchvision.models.alexnet(num_classes=10).eval()
     x = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype(np.float32)

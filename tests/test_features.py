@@ -41,13 +41,18 @@ def test_unknown_layer_lists_the_names(lenet):
 
 
 def test_transfer_keeps_all_but_the_classifier():
+    """Parameters and BatchNorm statistics come from the pretrained network, the classifier of
+    another width keeps its new initial value (the one copy of this check; tests/
+    test_transfer.py covers the trainer's --pretrained on top of it)."""
     old = jaxcnn.init_shapes("resnet18", (1, 64, 64, 3))
     new = jaxcnn.init_shapes(jaxcnn.create_model("resnet18", num_classes=5), (1, 64, 64, 3))
     to_np = lambda t, v: jax.tree_util.tree_map(lambda s: np.full(s.shape, v, np.float32), t)
     merged, fresh = convert.transfer(to_np(old, 1.0), to_np(new, 0.0), num_classes=5)
     assert sorted(fresh) == ["params/head/bias", "params/head/kernel"]
-    leaves = jax.tree_util.tree_leaves_with_path(merged)
-    assert all(np.all(v == 1.0) for p, v in leaves if "head" not in jax.tree_util.keystr(p))
+    leaves = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(merged)}
+    assert any("batch_stats" in path for path in leaves)
+    for path, value in leaves.items():
+        assert np.all(value == (0.0 if "'head'" in path else 1.0)), path
 
 
 def test_transfer_refuses_another_architecture():

@@ -16,23 +16,18 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from jaxcnn import googlenet, inception, weights
+from jaxcnn import convert, googlenet, inception, weights
+from conftest import randomize_torch_batchnorm
 
 def _randomize_bn(module):
-    """Non-trivial BatchNorm parameters and running statistics, so eval mode tests them."""
+    """Random BatchNorm state (tests/conftest.py) and no dropout: random masks cannot agree
+    across frameworks."""
     import torch
 
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-            if isinstance(m, torch.nn.Dropout):  # random masks cannot agree across frameworks
-                m.p = 0.0
+    randomize_torch_batchnorm(module)
+    for m in module.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
     return module
 
 
@@ -211,15 +206,15 @@ def test_declared_converter_loads_aux_heads_only_into_a_model_that_has_them(name
                                               init_weights=False).state_dict().items()}
     ours = {"aux1": "aux1_head", "aux2": "aux2_head", "AuxLogits": "aux_head"}
 
-    with_aux = weights.load_pretrained(name, state, from_="torchvision", aux_logits=True)
+    with_aux = convert.load_pretrained(name, state, from_="torchvision", aux_logits=True)
     for head in heads:
         fc = "fc2" if name == "googlenet" else "fc"
         np.testing.assert_array_equal(with_aux["params"][ours[head]][fc]["bias"],
                                       state[f"{head}.{fc}.bias"])
-    without = weights.load_pretrained(name, state, from_="torchvision")
+    without = convert.load_pretrained(name, state, from_="torchvision")
     assert not {ours[h] for h in heads} & set(without["params"])
 
     # A file without the aux heads cannot fill a model built with them: the error names them.
     bare = {k: v for k, v in state.items() if not k.startswith(heads)}
     with pytest.raises(weights.WeightMismatchError, match=ours[heads[0]]):
-        weights.load_pretrained(name, bare, from_="torchvision", aux_logits=True)
+        convert.load_pretrained(name, bare, from_="torchvision", aux_logits=True)

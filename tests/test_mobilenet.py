@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from jaxcnn import layers, weights
+from jaxcnn import convert, layers, weights
 
 # Keras' MobileNet at the released alphas other than 1.0: only rounded figures are published
 # (Howard et al. 2017, Table 6: 2.6M, 1.3M, 0.5M). These exact totals and trainable counts were
@@ -118,7 +118,7 @@ ODD_SIZE_CASES = [("mobilenet_v1", 35), ("mobilenet_v2", 35), ("mobilenet_v3_sma
 
 @pytest.mark.parametrize("name,size", ODD_SIZE_CASES, ids=[c[0] for c in ODD_SIZE_CASES])
 def test_converted_reference_matches_at_odd_sizes(name, size):
-    conv = weights.converters_for(name)[0]
+    conv = convert.converters_for(name)[0]
     x = np.random.default_rng(1).normal(size=(2, size, size, 3)).astype(np.float32)
     if conv.source == "keras":
         keras = pytest.importorskip("keras")  # on the JAX backend (tests/conftest.py)

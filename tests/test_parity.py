@@ -18,7 +18,8 @@ import pytest
 from flax import linen as nn
 
 import jaxcnn
-from jaxcnn import weights
+from jaxcnn import convert, weights
+from conftest import randomize_keras_batchnorm, randomize_torch_batchnorm
 
 pytestmark = pytest.mark.parity
 
@@ -49,7 +50,7 @@ BRANCH_ENDS_TORCH = ("bn3",)  # torchvision and timm bottlenecks
 # Keras: ResNet v1 and EfficientNet branches end in a BatchNorm, ResNet v2 ones in a conv.
 BRANCH_ENDS_KERAS = ("_3_bn", "_project_bn", "_3_conv")
 CALIBRATION_BATCH = 32
-CASES = [(name, conv) for name in jaxcnn.list_models() for conv in weights.converters_for(name)]
+CASES = [(name, conv) for name in jaxcnn.list_models() for conv in convert.converters_for(name)]
 # Inputs the reference cannot take at our default small size (Keras' flattening VGG head).
 PARITY_SIZE = {("vgg16", "keras"): 224, ("vgg19", "keras"): 224}
 # Inception v3 at its minimum (75) ends on a 1x1 grid where train-mode BatchNorm over two
@@ -78,15 +79,8 @@ def _torch_reference(conv, calibration):
 
         model = timm.create_model(conv.reference, pretrained=False, num_classes=NUM_CLASSES,
                                   **kwargs)
-    gen = torch.Generator().manual_seed(0)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    bns = randomize_torch_batchnorm(model)
     with torch.no_grad():
-        for m in bns:
-            n = m.num_features
-            m.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
-            m.bias.copy_(0.2 * torch.randn(n, generator=gen))
-            m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
-            m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
         for name, m in model.named_modules():
             if calibration is not None and name.endswith(BRANCH_ENDS_TORCH):
                 m.weight.mul_(BRANCH_SCALE)
@@ -172,15 +166,7 @@ def _keras_reference(conv, size, calibration):
             weights=None, classes=NUM_CLASSES, input_shape=(size, size, 3),
             classifier_activation=None, **dict(conv.reference_kwargs),
         )
-    rng = np.random.default_rng(0)
-    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    for layer in bns:
-        n = layer.moving_mean.shape[0]
-        if layer.gamma is not None:
-            layer.gamma.assign(1 + 0.2 * rng.standard_normal(n).astype("float32"))
-        layer.beta.assign(0.2 * rng.standard_normal(n).astype("float32"))
-        layer.moving_mean.assign(0.2 * rng.standard_normal(n).astype("float32"))
-        layer.moving_variance.assign((0.5 + rng.random(n)).astype("float32"))
+    bns = randomize_keras_batchnorm(model)
     for layer in model.layers:
         if calibration is not None and layer.name.endswith(BRANCH_ENDS_KERAS):
             for w in layer.trainable_weights:

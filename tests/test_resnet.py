@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from jaxcnn import resnet, weights
+from jaxcnn import convert, resnet, weights
+from conftest import randomize_keras_batchnorm, randomize_torch_batchnorm
 
 NUM_CLASSES = 11
 TOLERANCE = 1e-4
 
 
 def _converter(name):
-    (conv,) = weights.converters_for(name)
+    (conv,) = convert.converters_for(name)
     return conv
 
 
@@ -39,15 +40,8 @@ def _compare(module, state, converter, x, ref_eval, ref_train):
 def _torch_run(model, x):
     import torch
 
-    gen = torch.Generator().manual_seed(0)
+    randomize_torch_batchnorm(model)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
-                m.bias.copy_(0.2 * torch.randn(n, generator=gen))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
         state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
         ref_eval = model.eval()(xt).numpy()
@@ -114,12 +108,7 @@ def test_matches_keras_applications(name):
     size = 35
     ref = keras_resnet.ResNet(stack_fn, preact, True, weights=None, input_shape=(size, size, 3),
                               classes=NUM_CLASSES, classifier_activation=None)
-    rng = np.random.default_rng(0)
-    for layer in ref.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.set_weights([1 + 0.2 * rng.standard_normal(n), 0.2 * rng.standard_normal(n),
-                               0.2 * rng.standard_normal(n), 0.5 + rng.random(n)])
+    randomize_keras_batchnorm(ref)
     state = {w.path: np.array(w.numpy()) for w in ref.weights}
     x = _image(size)
     ref_eval = np.asarray(ref(x, training=False))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from jaxcnn import weights
+from jaxcnn import convert, weights
 
 # torchvision's smallest admissible inputs (PyTorch raises below these).
 MIN_SIZES = {"squeezenet1_0": 21, "squeezenet1_1": 17}
@@ -27,7 +27,7 @@ def test_converted_torchvision_weights_at_min_size(name):
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     size = MIN_SIZES[name]
-    (conv,) = weights.converters_for(name)
+    (conv,) = convert.converters_for(name)
     torch.manual_seed(0)
     tv = getattr(torchvision.models, name)(num_classes=10).eval()
     with torch.no_grad():  # torchvision's own head init gives mostly-dead ReLU logits

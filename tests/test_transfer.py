@@ -58,19 +58,6 @@ def test_converted_checkpoint_loads_with_only_the_head_new(tmp_path):
             np.testing.assert_array_equal(new[name], old[name], err_msg=name)  # bit-identical
 
 
-def test_transfer_replaces_only_the_classifier():
-    model = jaxcnn.create_model("lenet5", num_classes=10)
-    x = jnp.zeros((1, 32, 32, 1))
-    pretrained = jax.device_get(model.init(jax.random.key(1), x))
-    fresh = jax.device_get(jaxcnn.create_model("lenet5", num_classes=3).init(
-        jax.random.key(2), x))
-    merged, left = convert.transfer(pretrained, fresh, 3)
-    assert sorted(left) == ["params/head/bias", "params/head/kernel"]
-    flat, old, init = _flat(merged), _flat(pretrained), _flat(fresh)
-    for name in flat:
-        np.testing.assert_array_equal(flat[name], (init if "head" in name else old)[name])
-
-
 def test_pretrained_is_ignored_when_resuming(tmp_path):
     directory, _ = _converted(tmp_path)
     first, _ = _run(tmp_path, name="resume", max_steps=2)
@@ -213,7 +200,7 @@ def test_a_weights_file_is_converted_on_the_fly(tmp_path):
     result, log = _run(tmp_path, arch="squeezenet1_1", pretrained=str(path), freeze="backbone",
                        max_steps=2)
     assert f"loaded squeezenet1_1 weights converted from {path}" in log
-    loaded = _flat(jaxcnn.weights.load_pretrained("squeezenet1_1", path)["params"])
+    loaded = _flat(jaxcnn.convert.load_pretrained("squeezenet1_1", path)["params"])
     trained = _flat(result.params)
     kept = [n for n in loaded if loaded[n].shape == trained[n].shape]
     assert len(kept) == len(loaded) - 2  # all but the 1000-class classifier's kernel and bias

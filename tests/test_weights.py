@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from jaxcnn import weights
+import jaxcnn
+from jaxcnn import convert, inception, weights
+from jaxcnn.spec import NotMine, torch_parts
 from jaxcnn.weights import Converter, WeightMismatchError
 
 
@@ -27,9 +29,11 @@ BN = {"weight": "params/bn/scale", "bias": "params/bn/bias", "running_mean": "ba
 
 
 def _rename(key):
-    layer, leaf = key.split(".")
-    if leaf == "num_batches_tracked":
-        return None
+    """A rename as the families write them; ``num_batches_tracked`` never reaches it."""
+    assert not key.endswith("num_batches_tracked"), "the engine drops it"
+    (layer,), leaf = torch_parts(key, 2)
+    if layer not in TORCH_NAMES and layer != "1":
+        raise NotMine(key)
     if layer == "1":
         return BN[leaf]
     return f"params/{TORCH_NAMES[layer]}/{'kernel' if leaf == 'weight' else 'bias'}"
@@ -87,6 +91,7 @@ def test_missing_unexpected_and_misshapen_arrays_are_all_named():
         del TORCH_NAMES["9"]
     text = str(err.value)
     assert "batch_stats/bn/var" in text  # missing
+    assert "1.num_batches_tracked" not in text  # dropped by the engine, not unexpected
     assert "9.weight" in text  # unexpected
     assert "2.weight (5, 4)" in text  # wrong shape
     assert "params/fc/kernel" in text  # its target is then missing too
@@ -163,3 +168,85 @@ def test_unknown_format_is_named(tmp_path):
     path.write_bytes(b"x")
     with pytest.raises(ValueError, match="safetensors"):
         weights.load_state_dict(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# One rule for "not mine": renames raise NotMine for names outside their scheme, the engine
+# reports exactly those as unexpected, and every other error reaches the caller unchanged.
+
+
+def test_a_foreign_name_is_reported_as_unexpected():
+    state = {**_state(np.random.default_rng(4)), "layer1.0.conv1.weight": np.zeros(3, np.float32),
+             "block1_conv1/kernel": np.zeros(3, np.float32)}
+    with pytest.raises(WeightMismatchError, match="2 source array.s. have no place") as err:
+        weights.convert(state, _template(), CONV)
+    assert "layer1.0.conv1.weight" in str(err.value) and "block1_conv1/kernel" in str(err.value)
+
+
+def test_any_other_error_of_a_rename_is_not_swallowed():
+    def broken(key):
+        raise KeyError(f"a bug in the rename, not a foreign name: {key}")
+
+    with pytest.raises(KeyError, match="a bug in the rename"):
+        weights.convert(_state(np.random.default_rng(5)), _template(),
+                        Converter("torchvision", "tiny", broken))
+
+
+def _keras_inception_converter():
+    (conv,) = convert.converters_for("inception_v3_keras")
+    assert conv.rename is inception.keras_rename
+    return conv
+
+
+def test_inception_session_numbering_error_reaches_the_user():
+    """A Keras InceptionV3 saved from a session that had built layers before numbers its
+    unnamed layers past the model's 94 convolutions; the rename's explanation (and its fix)
+    must reach the user, not vanish into a list of unexpected names."""
+    conv = _keras_inception_converter()
+    state = {"conv2d_94/kernel": np.zeros((3, 3, 3, 32), np.float32)}
+    with pytest.raises(WeightMismatchError, match=r"per session.*clear_session\(\)"):
+        weights.convert(state, _template(), conv)
+    with pytest.raises(WeightMismatchError, match=r"per session.*clear_session\(\)"):
+        convert.load_pretrained("inception_v3_keras", state, input_shape=(1, 75, 75, 3))
+
+
+# Names of every scheme the converters read (torchvision, timm, Cadene, Keras), and some of
+# none: each converter must map them, drop them, or raise NotMine.
+TORCH_KEYS = [
+    "conv1.weight", "bn1.running_mean", "fc.bias", "layer1.0.conv1.weight", "layer0.conv1.weight",
+    "layer1.0.downsample.1.weight", "layer2.0.se_module.fc1.bias", "last_linear.weight",
+    "features.0.weight", "features.0.0.weight", "features.1.conv.0.0.weight",
+    "features.2.conv.3.running_var", "features.1.0.block.0.0.weight",
+    "features.3.block.1.fc1.weight", "features.denseblock1.denselayer1.norm1.weight",
+    "features.3.squeeze.weight", "classifier.0.weight", "classifier.1.weight",
+    "classifier.6.bias", "Conv2d_1a_3x3.conv.weight", "Mixed_5b.branch1x1.bn.weight",
+    "AuxLogits.fc.weight", "inception3a.branch2.0.conv.weight", "aux1.fc2.weight",
+    "conv_stem.weight", "blocks.0.0.conv_dw.weight", "head.fc.weight", "stem.0.weight",
+    "layer9.0.conv1.weight", "features.99.0.weight", "features.1.conv.7.weight",
+    "classifier.9.weight", "blocks.9.9.conv_pw.weight", "layerx.0.conv1.weight", "x.weight",
+    "module", "features..weight",
+]
+KERAS_KEYS = [
+    "conv1/kernel", "conv1_bn/gamma", "conv1_conv/kernel", "conv2_block1_0_bn/moving_mean",
+    "conv2_block1_preact_bn/beta", "post_bn/gamma", "predictions/kernel", "fc1/bias",
+    "block1_conv1/kernel", "conv2d/kernel", "conv2d_93/kernel", "batch_normalization_5/beta",
+    "conv_dw_1/depthwise_kernel", "conv_pw_13_bn/moving_variance", "conv_preds/bias",
+    "Conv1/kernel", "bn_Conv1/gamma", "expanded_conv_depthwise/depthwise_kernel",
+    "block_16_project_BN/beta", "Conv_1_bn/gamma", "stem_conv/kernel",
+    "block1a_dwconv/depthwise_kernel", "block7a_se_reduce/bias", "top_bn/gamma",
+    "normalization/mean", "normalization/count", "bn/gamma", "pool2_conv/kernel",
+    "conv5_block16_2_conv/kernel", "block9z_foo/kernel", "conv9_block1_9_conv/kernel",
+    "dense/kernel", "a/b/c", "nokernel", "normalization/foo",
+]
+CONVERTERS = [(name, conv) for name in jaxcnn.list_models()
+              for conv in convert.converters_for(name)]
+
+
+@pytest.mark.parametrize("name,conv", CONVERTERS, ids=[f"{n}-{c.source}" for n, c in CONVERTERS])
+def test_every_rename_says_not_mine_one_way(name, conv):
+    for key in TORCH_KEYS + KERAS_KEYS:
+        try:
+            path = conv.rename(key)
+        except NotMine:
+            continue
+        assert path is None or path.startswith(("params/", "batch_stats/")), (key, path)

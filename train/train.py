@@ -554,7 +554,7 @@ def load_pretrained_variables(config: Config, fresh: dict[str, Any]
         what = f"{meta['arch']} weights converted from {meta.get('source', '?')}"
     elif os.path.isfile(src):
         try:  # at the variant's own number of classes: the head is replaced below
-            variables = weights_lib.load_pretrained(config.arch, src)
+            variables = convert_lib.load_pretrained(config.arch, src)
         except weights_lib.WeightMismatchError as err:
             raise ConfigError(f"--pretrained {src} does not fit {config.arch}: {err}") from err
         what = f"{config.arch} weights converted from {src}"
