@@ -24,24 +24,17 @@ import jaxcnn
 from train import main as main_lib
 from train import train as train_lib
 from train.configs.default import OPTIMIZERS, SCHEDULES, Config, ConfigError, get_config
+from train.data import DatasetInfo
 
 
 # ----------------------------------------------------------------------------------------------
 # Stand-ins shared with the other training tests.
 # ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ToyInfo:
-    """The fields of ``train.input_pipeline.DatasetInfo``."""
-
-    name: str = "toy"
-    num_classes: int = 4
-    image_shape: tuple = (8, 8, 1)
-    train_split: str = "train"
-    eval_split: str = "test"
-    num_train: int = 256
-    num_eval: int = 70
-    mean: tuple = (0.0,)
-    std: tuple = (1.0,)
+def toy_info(**changes) -> DatasetInfo:
+    """A small data set's info: 4 classes of 8x8 grey images, 256 train / 70 test."""
+    fields = dict(name="toy", num_classes=4, image_shape=(8, 8, 1), train_split="train",
+                  eval_split="test", num_train=256, num_eval=70, mean=(0.0,), std=(1.0,))
+    return DatasetInfo(**{**fields, **changes})
 
 
 def _toy_examples(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +54,7 @@ class ToyData:
     """
 
     def __init__(self, num_train: int = 256, num_eval: int = 70):
-        self.info = ToyInfo(num_train=num_train, num_eval=num_eval)
+        self.info = toy_info(num_train=num_train, num_eval=num_eval)
         self.train = _toy_examples(num_train, 1)
         self.eval = _toy_examples(num_eval, 2)
 
@@ -139,8 +132,8 @@ def toy_config(workdir, **changes) -> Config:
 
 
 # An info like the embedded data set's, so that config tests need no TensorFlow.
-DIGITS = ToyInfo(name="mnist_sample", num_classes=10, image_shape=(28, 28, 1), num_train=4000,
-                 num_eval=1000)
+DIGITS = toy_info(name="mnist_sample", num_classes=10, image_shape=(28, 28, 1), num_train=4000,
+                  num_eval=1000)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ RSS) as JSON.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -22,20 +21,8 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-@dataclasses.dataclass(frozen=True)
-class _SyntheticInfo:
-    """Just enough of a DatasetInfo for :func:`train.train.resolve_config`."""
-
-    name: str
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    num_train: int
-    num_eval: int
-    train_split: str = "synthetic"
-    eval_split: str = "synthetic"
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
+from train.configs.default import DTYPES, OPTIMIZERS, PARALLEL, Config  # noqa: E402
+from train.data import DatasetInfo  # noqa: E402
 
 
 def _peak_memory(devices) -> tuple[int | None, str]:
@@ -82,14 +69,14 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
 
     import jaxcnn
     from train import train as train_lib
-    from train.configs.default import Config
 
     info_model = jaxcnn.model_info(arch)
     h, w, channels = info_model.input_shape
     size = image_size or h
-    info = _SyntheticInfo(name="synthetic", num_classes=num_classes,
-                          image_shape=(size, size, channels), num_train=batch_size * 1000,
-                          num_eval=batch_size)
+    info = DatasetInfo(name="synthetic", num_classes=num_classes,
+                       image_shape=(size, size, channels), train_split="synthetic",
+                       eval_split="synthetic", num_train=batch_size * 1000, num_eval=batch_size,
+                       mean=(0.0,), std=(1.0,))
     config = Config(arch=arch, dataset="synthetic", image_size=size, dtype=dtype,
                     batch_size=batch_size, num_classes=num_classes, optimizer=optimizer,
                     parallel=parallel, epochs=1, progress=False)
@@ -173,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="global batch size over all devices (default: 256)")
     parser.add_argument("--image-size", type=int,
                         help="square input size (default: the network's, e.g. 224)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+    parser.add_argument("--dtype", default="auto", choices=DTYPES,
                         help="computation dtype (default: auto: bfloat16 on GPU/TPU, float32 "
                              "on CPU)")
     parser.add_argument("--steps", type=int, default=50,
@@ -184,18 +171,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="untimed steps after compiling (default: 2)")
     parser.add_argument("--num-classes", type=int, default=1000,
                         help="classifier outputs (default: 1000)")
-    parser.add_argument("--optimizer", choices=("sgd", "nesterov", "adamw", "rmsprop", "lars",
-                                                "lamb"),
+    parser.add_argument("--optimizer", choices=OPTIMIZERS,
                         help="optimizer in the train step (default: the recipe's)")
-    parser.add_argument("--parallel", default="jit", choices=("jit", "pmap"),
+    parser.add_argument("--parallel", default="jit", choices=PARALLEL,
                         help="data parallelism over the local devices (default: jit)")
     parser.add_argument("--no-inference", dest="inference", action="store_false",
                         help="time the train step only")
     parser.add_argument("--output", help="also write the JSON report to this file")
     args = parser.parse_args(argv)
 
-    import jaxcnn
-    from train.configs.default import ConfigError
+    from train import train as train_lib
 
     try:
         report = run_benchmark(args.arch, batch_size=args.batch_size,
@@ -203,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                                windows=args.windows, warmup=args.warmup,
                                num_classes=args.num_classes, optimizer=args.optimizer,
                                parallel=args.parallel, inference=args.inference)
-    except (ConfigError, jaxcnn.UnknownModelError, jaxcnn.InputShapeError) as err:
+    except train_lib.USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2)

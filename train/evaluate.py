@@ -93,21 +93,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="show a progress bar (default: on)")
     args = parser.parse_args(argv)
 
-    import jaxcnn
-    from train.checkpoints import CheckpointError
+    from train import train as train_lib
 
-    errors: tuple[type[Exception], ...] = (ConfigError, CheckpointError,
-                                           jaxcnn.UnknownModelError)
-    try:
-        from train.input_pipeline import DatasetError
-        errors += (DatasetError,)
-    except ImportError:
-        pass
     try:
         result = evaluate_workdir(args.workdir, step=args.step, best=args.best,
                                   data_dir=args.data_dir, batch_size=args.batch_size,
                                   use_ema=args.ema, progress=args.progress)
-    except errors as err:
+    except train_lib.USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     top5 = f", top-5 {100 * result['top5']:.2f}%" if result["num_classes"] > 10 else ""

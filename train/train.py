@@ -46,11 +46,17 @@ from jaxcnn import weights as weights_lib
 from train import checkpoints as checkpoints_lib
 from train import metrics as metrics_lib
 from train.configs.default import DATASET_EPOCHS, Config, ConfigError, recipe_for
+from train.data import DatasetError
 
 # CPUs cannot donate buffers; the warning says so on every compilation and means nothing here.
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+
+# Mistakes in what the user asked for (flags, data set, network, workdir): the command lines print
+# their one-line message, which names the fix, and exit with status 2.
+USER_ERRORS = (ConfigError, DatasetError, checkpoints_lib.CheckpointError,
+               jaxcnn.UnknownModelError, jaxcnn.InputShapeError)
 
 # Peak rate per 256 images and weight decay of an optimizer picked against the recipe's
 # (e.g. --optimizer adamw for a ResNet): the recipe's numbers belong to its own optimizer.
