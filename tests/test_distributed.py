@@ -56,6 +56,7 @@ def _one_step_each_way(out_path: str) -> None:
     import jax
 
     from test_train import TinyCNN, ToyData, toy_config
+    from train import parallel as parallel_lib
     from train import train as train_lib
     from train.configs.default import ConfigError
 
@@ -74,8 +75,9 @@ def _one_step_each_way(out_path: str) -> None:
     batch = next(data.train_iterator("toy", data_dir=None, global_batch_size=32, image_size=8,
                                      seed=0))
     results = {}
-    for name, parallel in (("single", train_lib.JitParallel([jax.devices()[0]])),
-                           ("jit", train_lib.JitParallel()), ("pmap", train_lib.PmapParallel())):
+    for name, parallel in (("single", parallel_lib.JitParallel([jax.devices()[0]])),
+                           ("jit", parallel_lib.JitParallel()),
+                           ("pmap", parallel_lib.PmapParallel())):
         model = train_lib.build_model(c, axis_name=parallel.axis_name, model_factory=factory)
         schedule = train_lib.create_schedule(c, plan.steps_per_epoch, plan.num_updates)
         tx = train_lib.create_optimizer(c, schedule)

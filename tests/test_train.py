@@ -22,6 +22,7 @@ import pytest
 
 import jaxcnn
 from train import main as main_lib
+from train import parallel as parallel_lib
 from train import train as train_lib
 from train.configs.default import OPTIMIZERS, SCHEDULES, Config, ConfigError, get_config
 from train.data import DatasetInfo
@@ -216,7 +217,7 @@ def test_bad_configs_name_the_problem_and_the_fix():
     with pytest.raises(jaxcnn.UnknownModelError, match=r"resnet18"):
         resolve(arch="resnet19")
     with pytest.raises(ConfigError, match=r"--coordinator.*--num-processes.*--process-id"):
-        train_lib.initialize_distributed(get_config().replace(num_processes=2))
+        parallel_lib.initialize_distributed(get_config().replace(num_processes=2))
 
 
 def test_unknown_arch_and_dataset_on_the_command_line(capsys, tmp_path):
@@ -282,7 +283,7 @@ def test_cross_entropy_label_smoothing_and_soft_targets():
 
 def _one_device_steps(config, factory, batches):
     """Runs make_train_step on one device over ``batches``; returns (state, metrics)."""
-    parallel = train_lib.JitParallel([jax.devices()[0]])
+    parallel = parallel_lib.JitParallel([jax.devices()[0]])
     model = train_lib.build_model(config, model_factory=factory)
     schedule = optax.constant_schedule(config.lr)
     tx = train_lib.create_optimizer(config, schedule)
@@ -391,7 +392,7 @@ def test_one_train_step_under_mock_data(arch):
         batch = next(input_pipeline.train_iterator(
             "cifar10", data_dir=None, global_batch_size=4, image_size=32, seed=0))
     assert c.aux_weight == (0.3 if arch == "googlenet" else 0.0)
-    parallel = train_lib.JitParallel([jax.devices()[0]])
+    parallel = parallel_lib.JitParallel([jax.devices()[0]])
     model = train_lib.build_model(c)
     schedule = train_lib.create_schedule(c, plan.steps_per_epoch, plan.num_updates)
     tx = train_lib.create_optimizer(c, schedule)

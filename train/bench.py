@@ -69,6 +69,7 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
 
     import jaxcnn
     from train import train as train_lib
+    from train.parallel import make_parallel
 
     info_model = jaxcnn.model_info(arch)
     h, w, channels = info_model.input_shape
@@ -82,7 +83,7 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
                     parallel=parallel, epochs=1, progress=False)
     plan = train_lib.resolve_config(config, info)
     c = plan.config
-    par = train_lib.make_parallel(c.parallel)
+    par = make_parallel(c.parallel)
     model = train_lib.build_model(c, axis_name=par.axis_name)
     schedule = train_lib.create_schedule(c, plan.steps_per_epoch, plan.num_updates)
     tx = train_lib.create_optimizer(c, schedule)

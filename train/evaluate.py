@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from train.configs.default import Config, ConfigError  # noqa: E402
+from train.configs.default import Config  # noqa: E402
 
 
 def evaluate_workdir(workdir: str, *, step: int | None = None, best: bool = False,
@@ -27,6 +27,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, best: bool = Fals
 
     from train import checkpoints as checkpoints_lib
     from train import train as train_lib
+    from train.parallel import JitParallel
 
     ckpts = checkpoints_lib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
     steps = ckpts.all_steps()
@@ -40,7 +41,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, best: bool = Fals
         raise checkpoints_lib.CheckpointError(
             f"No checkpoint at step {step} in {ckpts.directory}; there are {steps}.")
     config = Config.from_dict(ckpts.stored_config(step))
-    parallel = train_lib.JitParallel()
+    parallel = JitParallel()
     eval_batch = batch_size or config.eval_batch_size or config.batch_size
     eval_batch = -(-eval_batch // parallel.device_count) * parallel.device_count
     config = config.replace(data_dir=data_dir or config.data_dir, eval_batch_size=eval_batch,

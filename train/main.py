@@ -16,7 +16,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from train.configs.default import Config, ConfigError, get_config  # noqa: E402
+from train.configs.default import Config, get_config  # noqa: E402
 
 _TYPES = {"str": str, "int": int, "float": float}
 

@@ -1,17 +1,8 @@
-"""Training library: train state, optimizer, the jit/pmap train and eval steps, and the loop.
+"""Training library: train state, optimizer, the train and eval steps, and the loop.
 
 ``train_and_evaluate(config)`` runs a whole training; everything it uses is importable on its
-own (``resolve_config``, ``create_optimizer``, ``make_train_step``, ``JitParallel``, ...), as
-in the Flax ImageNet example.
-
-Data parallelism comes in two forms that compute the same thing:
-
-* ``jit`` (default): one ``jax.jit`` program over a ``Mesh`` of every device; the batch is
-  sharded along the mesh's ``data`` axis, the state replicated. BatchNorm statistics are means
-  over the whole (global) batch because the program is written for the global batch.
-* ``pmap``: ``jax.pmap`` with ``axis_name="batch"``; networks are built with
-  ``axis_name="batch"`` so BatchNorm averages its statistics across replicas, and gradients and
-  metrics are ``pmean``-ed.
+own (``resolve_config``, ``create_optimizer``, ``make_train_step``, ...), as in the Flax
+ImageNet example. Devices, processes and the jit/pmap placement are ``train.parallel``'s.
 
 Mixed precision: the network computes in ``config.dtype`` (bfloat16 on accelerators); parameters,
 optimizer state, logits and the loss stay float32. The loop never waits for the device except
@@ -37,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import jaxcnn
 from jaxcnn import convert as convert_lib
@@ -47,6 +37,7 @@ from train import checkpoints as checkpoints_lib
 from train import metrics as metrics_lib
 from train.configs.default import DATASET_EPOCHS, Config, ConfigError, recipe_for
 from train.data import DatasetError
+from train.parallel import JitParallel, check_divisible, initialize_distributed, make_parallel
 
 # CPUs cannot donate buffers; the warning says so on every compilation and means nothing here.
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
@@ -69,176 +60,6 @@ OPTIMIZER_DEFAULTS: dict[str, tuple[float, float]] = {
     "lamb": (1e-3, 0.05),
 }
 OPTIMIZER_EPS = {"adamw": 1e-8, "rmsprop": 1e-3, "lamb": 1e-6}
-
-
-# --------------------------------------------------------------------------------------------
-# Processes and devices.
-# --------------------------------------------------------------------------------------------
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else None
-
-
-def initialize_distributed(config: Config) -> bool:
-    """Calls ``jax.distributed.initialize`` for multi-process runs; True if it did.
-
-    Flags win over ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID``.
-    Must run before anything touches a device.
-    """
-    coordinator = config.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    num = config.num_processes if config.num_processes is not None else _env_int(
-        "JAX_NUM_PROCESSES")
-    pid = config.process_id if config.process_id is not None else _env_int("JAX_PROCESS_ID")
-    if coordinator is None and num is None and pid is None:
-        return False
-    if coordinator is None or num is None or pid is None:
-        raise ConfigError(
-            "A multi-process run needs all three of --coordinator HOST:PORT, --num-processes N "
-            "and --process-id I (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, "
-            f"$JAX_PROCESS_ID); got coordinator={coordinator!r}, num_processes={num!r}, "
-            f"process_id={pid!r}.")
-    if not 0 <= pid < num:
-        raise ConfigError(f"--process-id must be in [0, {num}); got {pid}.")
-    if jax.distributed.is_initialized():
-        return True
-    # CPU devices need a collectives implementation to talk across processes.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    try:
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num,
-                                   process_id=pid)
-    except RuntimeError as err:
-        raise ConfigError(
-            f"jax.distributed.initialize failed ({err}). It must run before any JAX "
-            f"computation, and every process must reach the coordinator at {coordinator}."
-        ) from err
-    return True
-
-
-def run_once(jitted: Callable[[], Any]) -> Any:
-    """Compiles and runs a function of no arguments that runs once (the initialisation).
-
-    On CPU, LLVM's optimisations take most of the compile time of an initialisation (its many
-    random initialisers) and buy nothing for a single run: they are turned off for it.
-    """
-    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-    return jitted.lower().compile(compiler_options=options)()
-
-
-class JitParallel:
-    """``jax.jit`` over a ``Mesh`` of all devices: batch sharded on ``data``, state replicated."""
-
-    name = "jit"
-    axis_name = None
-
-    def __init__(self, devices: list[jax.Device] | None = None):
-        self.devices = list(devices or jax.devices())
-        self.mesh = Mesh(np.asarray(self.devices), ("data",))
-        self.replicated = NamedSharding(self.mesh, P())
-        self.data = NamedSharding(self.mesh, P("data"))
-
-    @property
-    def device_count(self) -> int:
-        return len(self.devices)
-
-    def init_state(self, init_fn: Callable[[], Any]) -> Any:
-        return run_once(jax.jit(init_fn, out_shardings=self.replicated))
-
-    def place(self, host_tree: Any) -> Any:
-        """A state built on the host -> replicated on the devices, like :meth:`init_state`."""
-        return jax.device_put(host_tree, self.replicated)
-
-    def abstract_state(self, init_fn: Callable[[], Any]) -> Any:
-        """Shapes, dtypes and the replicated sharding of the state, for restoring into."""
-        shapes = jax.eval_shape(init_fn)
-        return jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
-
-    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """This process's share of a global batch -> one global array sharded over ``data``."""
-        return {k: jax.make_array_from_process_local_data(self.data, np.asarray(v))
-                for k, v in batch.items()}
-
-    def compile_train(self, step_fn: Callable) -> Callable:
-        return jax.jit(step_fn, in_shardings=(self.replicated, self.data),
-                       out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
-
-    def compile_eval(self, eval_fn: Callable) -> Callable:
-        return jax.jit(eval_fn, in_shardings=(self.replicated, self.data),
-                       out_shardings=self.replicated)
-
-    def fetch(self, tree: Any) -> Any:
-        """Replicated device values -> NumPy (one copy, the local one)."""
-        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
-
-    def to_checkpoint(self, state: Any) -> Any:
-        return state
-
-    def from_checkpoint(self, state: Any) -> Any:
-        return state
-
-
-class PmapParallel(JitParallel):
-    """``jax.pmap`` with ``axis_name="batch"`` over this process's devices (all of them)."""
-
-    name = "pmap"
-    axis_name = "batch"
-
-    def __init__(self, devices: list[jax.Device] | None = None):
-        super().__init__(devices)
-        self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
-        self.stacked = NamedSharding(Mesh(np.asarray(self.local_devices), ("devices",)),
-                                     P("devices"))
-
-    def _replicate(self, host_tree: Any) -> Any:
-        n = len(self.local_devices)
-        return jax.tree.map(
-            lambda x: jax.device_put(np.stack([np.asarray(x)] * n), self.stacked), host_tree)
-
-    def init_state(self, init_fn: Callable[[], Any]) -> Any:
-        return self._replicate(jax.device_get(run_once(jax.jit(init_fn))))
-
-    def place(self, host_tree: Any) -> Any:
-        return self._replicate(jax.device_get(host_tree))
-
-    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        n = len(self.local_devices)
-        return {k: jax.device_put(np.asarray(v).reshape(n, -1, *v.shape[1:]), self.stacked)
-                for k, v in batch.items()}
-
-    def compile_train(self, step_fn: Callable) -> Callable:
-        return jax.pmap(step_fn, axis_name=self.axis_name, donate_argnums=(0,))
-
-    def compile_eval(self, eval_fn: Callable) -> Callable:
-        return jax.pmap(eval_fn, axis_name=self.axis_name)
-
-    def fetch(self, tree: Any) -> Any:
-        # Every replica holds the same value (pmean-ed); take this process's first.
-        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
-
-    def to_checkpoint(self, state: Any) -> Any:
-        """Stacked replicas -> one global array replicated over all devices (what jit uses)."""
-        host = self.fetch(state)
-        return jax.tree.map(
-            lambda x: jax.make_array_from_callback(x.shape, self.replicated, lambda i: x[i]), host)
-
-    def from_checkpoint(self, state: Any) -> Any:
-        return self._replicate(jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state))
-
-
-def make_parallel(name: str) -> JitParallel:
-    return {"jit": JitParallel, "pmap": PmapParallel}[name]()
-
-
-def check_divisible(batch_size: int, flag: str, device_count: int, process_count: int) -> None:
-    """Raises :class:`ConfigError` unless ``batch_size`` splits evenly over the devices."""
-    for count, what in ((device_count, f"{device_count} devices (jax.device_count())"),
-                        (process_count, f"{process_count} processes")):
-        if batch_size % count:
-            lower = batch_size // count * count
-            options = " or ".join(str(b) for b in (lower, lower + count) if b > 0)
-            raise ConfigError(
-                f"{flag} {batch_size} cannot be split evenly over the {what}: pass a multiple "
-                f"of {count} such as {options}.")
 
 
 # --------------------------------------------------------------------------------------------
