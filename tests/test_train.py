@@ -23,6 +23,7 @@ import pytest
 import jaxcnn
 from train import main as main_lib
 from train import parallel as parallel_lib
+from train import plan as plan_lib
 from train import train as train_lib
 from train.configs.default import OPTIMIZERS, SCHEDULES, Config, ConfigError, get_config
 from train.data import DatasetInfo
@@ -167,14 +168,14 @@ def test_flags_parse_into_the_config():
 
 
 def test_lenet5_and_senet_defaults_on_the_digits():
-    lenet = train_lib.resolve_config(get_config(), DIGITS, device_count=1, process_count=1)
+    lenet = plan_lib.resolve_config(get_config(), DIGITS, device_count=1, process_count=1)
     c = lenet.config
     assert (c.arch, c.image_size, c.channels, c.num_classes) == ("lenet5", 32, 1, 10)
     assert c.optimizer == "nesterov" and c.batch_size == 64 and c.epochs == 10
     assert c.lr == pytest.approx(0.2 * 64 / 256)
     assert lenet.steps_per_epoch == 4000 // 64 and lenet.eval_steps == math.ceil(1000 / 64)
 
-    senet = train_lib.resolve_config(get_config().replace(arch="senet"), DIGITS,
+    senet = plan_lib.resolve_config(get_config().replace(arch="senet"), DIGITS,
                                      device_count=1, process_count=1).config
     assert senet.arch == "seresnet50"  # the alias, resolved
     assert (senet.image_size, senet.channels) == (32, 3)  # 28x28x1 digits run at 32x32x3
@@ -182,7 +183,7 @@ def test_lenet5_and_senet_defaults_on_the_digits():
 
 def test_recipes_follow_the_architecture():
     def resolved(arch, **kw):
-        return train_lib.resolve_config(get_config().replace(arch=arch, **kw), DIGITS,
+        return plan_lib.resolve_config(get_config().replace(arch=arch, **kw), DIGITS,
                                         device_count=1, process_count=1).config
 
     eff = resolved("efficientnet_b0")
@@ -198,7 +199,7 @@ def test_recipes_follow_the_architecture():
 
 def test_bad_configs_name_the_problem_and_the_fix():
     def resolve(**kw):
-        return train_lib.resolve_config(get_config().replace(**kw), DIGITS, device_count=8,
+        return plan_lib.resolve_config(get_config().replace(**kw), DIGITS, device_count=8,
                                         process_count=1)
 
     with pytest.raises(ConfigError, match=r"--image-size 16 .*32x32 minimum.*lenet5"):
@@ -218,6 +219,18 @@ def test_bad_configs_name_the_problem_and_the_fix():
         resolve(arch="resnet19")
     with pytest.raises(ConfigError, match=r"--coordinator.*--num-processes.*--process-id"):
         parallel_lib.initialize_distributed(get_config().replace(num_processes=2))
+
+
+def test_flags_and_the_network_are_checked_before_any_data_is_read():
+    def unreadable():
+        raise AssertionError("the data set was read before the flags and the network's name")
+
+    with pytest.raises(jaxcnn.UnknownModelError, match=r"resnet50"):
+        plan_lib.resolve_config(get_config().replace(arch="resnt50"), unreadable,
+                                device_count=1, process_count=1)
+    with pytest.raises(ConfigError, match=r"--optimizer 'adam'"):
+        plan_lib.resolve_config(get_config().replace(optimizer="adam"), unreadable,
+                                device_count=1, process_count=1)
 
 
 def test_unknown_arch_and_dataset_on_the_command_line(capsys, tmp_path):
@@ -321,7 +334,7 @@ def test_gradient_accumulation_equals_the_big_batch():
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_loss():
-    config = train_lib.resolve_config(
+    config = plan_lib.resolve_config(
         get_config().replace(dtype="bfloat16", batch_size=8, lr=0.01), DIGITS,
         device_count=1, process_count=1).config
     rng = np.random.default_rng(0)
@@ -384,7 +397,7 @@ def test_one_train_step_under_mock_data(arch):
         pytest.skip(f"{arch} is not registered yet")
     with tfds.testing.mock_data(num_examples=16):
         info = input_pipeline.dataset_info("cifar10")
-        plan = train_lib.resolve_config(
+        plan = plan_lib.resolve_config(
             get_config().replace(arch=arch, dataset="cifar10", batch_size=4, image_size=32,
                                  warmup_epochs=0.0),  # a warm-up's first rate is 0
             info, device_count=1, process_count=1)
@@ -393,15 +406,12 @@ def test_one_train_step_under_mock_data(arch):
             "cifar10", data_dir=None, global_batch_size=4, image_size=32, seed=0))
     assert c.aux_weight == (0.3 if arch == "googlenet" else 0.0)
     parallel = parallel_lib.JitParallel([jax.devices()[0]])
-    model = train_lib.build_model(c)
-    schedule = train_lib.create_schedule(c, plan.steps_per_epoch, plan.num_updates)
-    tx = train_lib.create_optimizer(c, schedule)
-    state = parallel.init_state(train_lib.make_init_fn(model, tx, c))
+    setup = train_lib.build(plan, parallel)  # what train_and_evaluate builds
+    state = parallel.init_state(setup.init_fn)
     before = parallel.fetch(state)
-    step = parallel.compile_train(train_lib.make_train_step(model, tx, schedule, c))
     batch = parallel.put_batch(batch)
     # The step that train.main runs, compiled without LLVM's optimisations: it runs once here.
-    step = step.lower(state, batch).compile(
+    step = setup.train_step.lower(state, batch).compile(
         compiler_options={"xla_backend_optimization_level": 0})
     state, metrics = step(state, batch)
     metrics, after = parallel.fetch(metrics), parallel.fetch(state)

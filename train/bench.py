@@ -70,6 +70,7 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
     import jaxcnn
     from train import train as train_lib
     from train.parallel import make_parallel
+    from train.plan import resolve_config
 
     info_model = jaxcnn.model_info(arch)
     h, w, channels = info_model.input_shape
@@ -81,13 +82,11 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
     config = Config(arch=arch, dataset="synthetic", image_size=size, dtype=dtype,
                     batch_size=batch_size, num_classes=num_classes, optimizer=optimizer,
                     parallel=parallel, epochs=1, progress=False)
-    plan = train_lib.resolve_config(config, info)
+    plan = resolve_config(config, info)
     c = plan.config
     par = make_parallel(c.parallel)
-    model = train_lib.build_model(c, axis_name=par.axis_name)
-    schedule = train_lib.create_schedule(c, plan.steps_per_epoch, plan.num_updates)
-    tx = train_lib.create_optimizer(c, schedule)
-    state = par.init_state(train_lib.make_init_fn(model, tx, c))
+    setup = train_lib.build(plan, par)
+    state = par.init_state(setup.init_fn)
     params = jaxcnn.count_params({"params": par.fetch(state.params)})
 
     rng = np.random.default_rng(0)
@@ -106,8 +105,7 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
         "jax": jax.__version__,
     }
 
-    step_fn = par.compile_train(train_lib.make_train_step(model, tx, schedule, c,
-                                                          axis_name=par.axis_name))
+    step_fn = setup.train_step
     start = time.perf_counter()
     if c.parallel == "jit":
         step_fn = step_fn.lower(state, batch).compile()
@@ -127,12 +125,15 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
                                                               batch_size)}
     if inference:
         variables = holder["state"].eval_variables()
+
+        def forward(v, x):
+            return setup.model.apply(v, x, train=False)
+
         if c.parallel == "jit":
-            infer = jax.jit(lambda v, x: model.apply(v, x, train=False),
-                            in_shardings=(par.replicated, par.data), out_shardings=par.data)
+            infer = jax.jit(forward, in_shardings=(par.replicated, par.data),
+                            out_shardings=par.data)
         else:
-            infer = jax.pmap(lambda v, x: model.apply(v, x, train=False),
-                             axis_name=par.axis_name)
+            infer = jax.pmap(forward, axis_name=par.axis_name)
         images = batch["image"]
         start = time.perf_counter()
         if c.parallel == "jit":
