@@ -308,6 +308,7 @@ def _one_device_steps(config, factory, batches):
     return state, parallel.fetch(metrics)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_big_batch():
     data = ToyData()
     batch = next(data.train_iterator("toy", data_dir=None, global_batch_size=32, image_size=8,
@@ -333,6 +334,7 @@ def test_gradient_accumulation_equals_the_big_batch():
     assert accumulated.eval_variables()["params"] is accumulated.ema["params"]
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters_and_loss():
     config = plan_lib.resolve_config(
         get_config().replace(dtype="bfloat16", batch_size=8, lr=0.01), DIGITS,
