@@ -352,6 +352,30 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss():
     assert logits.dtype == jnp.float32
 
 
+def test_training_curves_leave_pyplot_alone(tmp_path):
+    """The PNG of a run is drawn without switching pyplot's backend: a notebook that trains
+    (whose backend is the inline one) still shows its own plots afterwards."""
+    import matplotlib
+
+    from train import metrics as metrics_lib
+
+    writer = metrics_lib.MetricWriter(str(tmp_path), tensorboard=False)
+    for step in (1, 2, 3, 4):
+        writer.write(step, "train", {"loss": 2.0 / step, "accuracy": 0.2 * step, "lr": 0.1},
+                     epoch=step / 2)
+    writer.write(4, "eval", {"loss": 0.7, "top1": 0.8, "top5": 0.95}, epoch=2.0)
+    writer.close()
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # any backend but Agg, which plotting used to force
+    try:
+        path = metrics_lib.plot_curves(str(tmp_path), title="toy")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
 # ----------------------------------------------------------------------------------------------
 # Real runs.
 # ----------------------------------------------------------------------------------------------
