@@ -159,3 +159,15 @@ def test_evaluate_rebuilds_the_network_from_the_stored_config(trained_workdir, t
     assert evaluated["top1"] == pytest.approx(result.eval_metrics["top1"])
     assert evaluate_lib.main(["--workdir", str(tmp_path / "nothing")]) == 2
     assert "No checkpoints in" in capsys.readouterr().err
+
+
+def test_evaluate_restores_a_run_with_frozen_layers_and_a_head_rate(tmp_path):
+    """--freeze and --head-lr-multiplier shape the optimizer's state; evaluation rebuilds it."""
+    workdir = tmp_path / "frozen"
+    result = train_lib.train_and_evaluate(
+        toy_config(workdir, freeze="until:conv", head_lr_multiplier=10.0, epochs=1),
+        data=ToyData(), model_factory=tiny_factory)
+    evaluated = evaluate_lib.evaluate_workdir(str(workdir), data=ToyData(),
+                                              model_factory=tiny_factory)
+    assert evaluated["step"] == result.step
+    assert evaluated["top1"] == pytest.approx(result.eval_metrics["top1"])

@@ -56,6 +56,8 @@ def _one_step_each_way(out_path: str) -> None:
     import jax
 
     from test_train import TinyCNN, ToyData, toy_config
+    from train import parallel as parallel_lib
+    from train import plan as plan_lib
     from train import train as train_lib
     from train.configs.default import ConfigError
 
@@ -67,22 +69,18 @@ def _one_step_each_way(out_path: str) -> None:
         # the three ways are compared without it; BatchNorm is what must agree.
         return TinyCNN(dropout_rate=0.0, **kw)
 
-    plan = train_lib.resolve_config(toy_config("/unused", label_smoothing=0.1, weight_decay=1e-3,
-                                               ema_decay=0.9),
-                                    data.info, model_factory=factory)
-    c = plan.config
+    plan = plan_lib.resolve_config(toy_config("/unused", label_smoothing=0.1, weight_decay=1e-3,
+                                              ema_decay=0.9),
+                                   data.info, model_factory=factory)
     batch = next(data.train_iterator("toy", data_dir=None, global_batch_size=32, image_size=8,
                                      seed=0))
     results = {}
-    for name, parallel in (("single", train_lib.JitParallel([jax.devices()[0]])),
-                           ("jit", train_lib.JitParallel()), ("pmap", train_lib.PmapParallel())):
-        model = train_lib.build_model(c, axis_name=parallel.axis_name, model_factory=factory)
-        schedule = train_lib.create_schedule(c, plan.steps_per_epoch, plan.num_updates)
-        tx = train_lib.create_optimizer(c, schedule)
-        state = parallel.init_state(train_lib.make_init_fn(model, tx, c))
-        step = parallel.compile_train(
-            train_lib.make_train_step(model, tx, schedule, c, axis_name=parallel.axis_name))
-        state, metrics = step(state, parallel.put_batch(batch))
+    for name, parallel in (("single", parallel_lib.JitParallel([jax.devices()[0]])),
+                           ("jit", parallel_lib.JitParallel()),
+                           ("pmap", parallel_lib.PmapParallel())):
+        setup = train_lib.build(plan, parallel, model_factory=factory)
+        state = parallel.init_state(setup.init_fn)
+        state, metrics = setup.train_step(state, parallel.put_batch(batch))
         if name == "jit":
             sharding = state.params["conv"]["kernel"].sharding
             assert sharding.is_fully_replicated and len(sharding.device_set) == 8

@@ -63,6 +63,7 @@ def test_transfer_refuses_another_architecture():
         convert.transfer(to_np(old), to_np(new), num_classes=1000)
 
 
+@pytest.mark.parity
 def test_convert_command_writes_a_checkpoint_the_library_loads(tmp_path):
     """torchvision state dict -> safetensors -> python -m jaxcnn.convert -> Orbax -> variables."""
     torch = pytest.importorskip("torch")

@@ -36,6 +36,7 @@ def test_make_divisible_matches_reference_values():
 @pytest.mark.parametrize("size,window,stride,padding", [
     (13, 3, 2, 0), (14, 3, 2, 0), (55, 3, 2, 0), (7, 3, 2, 1), (28, 2, 2, 0), (15, 3, 3, 0),
 ])
+@pytest.mark.parity
 @pytest.mark.parametrize("ceil_mode", [False, True])
 def test_pooling_matches_pytorch(size, window, stride, padding, ceil_mode):
     torch = pytest.importorskip("torch")
@@ -55,6 +56,7 @@ def test_pooling_matches_pytorch(size, window, stride, padding, ceil_mode):
                                    atol=1e-6)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("size,out", [(7, 7), (13, 6), (5, 6), (9, 4), (224, 7), (1, 3)])
 def test_adaptive_avg_pool_matches_pytorch(size, out):
     torch = pytest.importorskip("torch")

@@ -116,6 +116,7 @@ ODD_SIZE_CASES = [("mobilenet_v1", 35), ("mobilenet_v2", 35), ("mobilenet_v3_sma
                   ("mobilenet_v2_keras", 33), ("efficientnet_b0_keras", 35)]
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name,size", ODD_SIZE_CASES, ids=[c[0] for c in ODD_SIZE_CASES])
 def test_converted_reference_matches_at_odd_sizes(name, size):
     conv = convert.converters_for(name)[0]

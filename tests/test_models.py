@@ -24,6 +24,17 @@ DEEPER_SIBLINGS = {
     "resnet101_v2", "resnet152_v2", "densenet169", "densenet201",
 }
 EXECUTED = [name for name in ALL if name not in DEEPER_SIBLINGS]
+# The edit-test loop (-m "not slow") runs the checks that build a network on small networks, one
+# of each kind of layer stack (plain, NIN, fire modules, spatial transformer, what-where,
+# residual, depthwise-separable, inverted residual with squeeze-excitation); tracing a deep
+# network alone takes seconds. `make test` runs every variant.
+FAST_LOOP = {"lenet5", "lenet5_1998", "alexnet_paper", "allcnn_c", "nin_cifar10", "squeezenet1_1",
+             "stn_mnist", "whatwhere_mnist", "resnet18", "mobilenet_v1_025_keras",
+             "mobilenet_v3_small"}
+
+
+def _cases(names):
+    return [pytest.param(n, marks=() if n in FAST_LOOP else pytest.mark.slow) for n in names]
 
 
 def _small_input(name, batch=2, size=None):
@@ -58,7 +69,7 @@ def _host_init(model, x):
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", _cases(ALL))
 def test_shapes_in_train_and_eval_mode(name):
     model = jaxcnn.create_model(name, num_classes=NUM_CLASSES)
     x = jax.ShapeDtypeStruct(_small_input(name).shape, jnp.float32)
@@ -77,7 +88,7 @@ def test_shapes_in_train_and_eval_mode(name):
         assert structure(updates["batch_stats"]) == structure(variables["batch_stats"])
 
 
-@pytest.mark.parametrize("name", EXECUTED)
+@pytest.mark.parametrize("name", _cases(EXECUTED))
 def test_runs_in_train_and_eval_mode(name):
     model = jaxcnn.create_model(name, num_classes=NUM_CLASSES)
     x = _small_input(name)
@@ -110,7 +121,7 @@ def test_runs_in_train_and_eval_mode(name):
         assert not updates.get("batch_stats")
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", _cases(ALL))
 def test_bfloat16_compute_keeps_float32_params(name):
     model = jaxcnn.create_model(name, num_classes=NUM_CLASSES, dtype=jnp.bfloat16)
     x = jax.ShapeDtypeStruct((2, *_small_input(name).shape[1:]), jnp.float32)
@@ -121,7 +132,7 @@ def test_bfloat16_compute_keeps_float32_params(name):
     assert logits.shape == (2, NUM_CLASSES) and logits.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", _cases(ALL))
 def test_default_input_gives_default_classes(name):
     """At its published input size a variant builds and outputs its default number of classes."""
     info = jaxcnn.model_info(name)
@@ -151,7 +162,7 @@ def test_wrong_rank_is_rejected(name):
         jax.eval_shape(lambda x: model.init(_rngs(), x, train=False), x)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", _cases(ALL))
 def test_headless_model_returns_pooled_features(name):
     """num_classes=0 drops the classifier (timm's convention), for use as a backbone."""
     model = jaxcnn.create_model(name, num_classes=0)

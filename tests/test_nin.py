@@ -28,6 +28,7 @@ def _imgclsmob_forward(torch, params, x):
     return F.avg_pool2d(x, 8, 1).flatten(1)
 
 
+@pytest.mark.parity
 def test_matches_imgclsmob_forward():
     torch = pytest.importorskip("torch")
     model = jaxcnn.create_model("nin_cifar10")

@@ -49,6 +49,7 @@ def _torch_run(model, x):
     return state, ref_eval, ref_train
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("kind", ["basic", "bottleneck_grouped"])
 def test_matches_torchvision(kind):
     torch = pytest.importorskip("torch")
@@ -68,6 +69,7 @@ def test_matches_torchvision(kind):
     _compare(ours, state, _converter("resnet50"), x, ref_eval, ref_train)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", ["seresnet50", "seresnext50_32x4d", "senet154"])
 def test_matches_timm_legacy_senet(name):
     torch = pytest.importorskip("torch")
@@ -88,6 +90,7 @@ def test_matches_timm_legacy_senet(name):
     _compare(ours, state, _converter(name), x, ref_eval, ref_train)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", ["resnet50_keras", "resnet50_v2"])
 def test_matches_keras_applications(name):
     keras = pytest.importorskip("keras")

@@ -22,26 +22,21 @@ import pytest
 
 import jaxcnn
 from train import main as main_lib
+from train import parallel as parallel_lib
+from train import plan as plan_lib
 from train import train as train_lib
 from train.configs.default import OPTIMIZERS, SCHEDULES, Config, ConfigError, get_config
+from train.data import DatasetInfo
 
 
 # ----------------------------------------------------------------------------------------------
 # Stand-ins shared with the other training tests.
 # ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ToyInfo:
-    """The fields of ``train.input_pipeline.DatasetInfo``."""
-
-    name: str = "toy"
-    num_classes: int = 4
-    image_shape: tuple = (8, 8, 1)
-    train_split: str = "train"
-    eval_split: str = "test"
-    num_train: int = 256
-    num_eval: int = 70
-    mean: tuple = (0.0,)
-    std: tuple = (1.0,)
+def toy_info(**changes) -> DatasetInfo:
+    """A small data set's info: 4 classes of 8x8 grey images, 256 train / 70 test."""
+    fields = dict(name="toy", num_classes=4, image_shape=(8, 8, 1), train_split="train",
+                  eval_split="test", num_train=256, num_eval=70, mean=(0.0,), std=(1.0,))
+    return DatasetInfo(**{**fields, **changes})
 
 
 def _toy_examples(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +56,7 @@ class ToyData:
     """
 
     def __init__(self, num_train: int = 256, num_eval: int = 70):
-        self.info = ToyInfo(num_train=num_train, num_eval=num_eval)
+        self.info = toy_info(num_train=num_train, num_eval=num_eval)
         self.train = _toy_examples(num_train, 1)
         self.eval = _toy_examples(num_eval, 2)
 
@@ -139,8 +134,8 @@ def toy_config(workdir, **changes) -> Config:
 
 
 # An info like the embedded data set's, so that config tests need no TensorFlow.
-DIGITS = ToyInfo(name="mnist_sample", num_classes=10, image_shape=(28, 28, 1), num_train=4000,
-                 num_eval=1000)
+DIGITS = toy_info(name="mnist_sample", num_classes=10, image_shape=(28, 28, 1), num_train=4000,
+                  num_eval=1000)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,14 +168,14 @@ def test_flags_parse_into_the_config():
 
 
 def test_lenet5_and_senet_defaults_on_the_digits():
-    lenet = train_lib.resolve_config(get_config(), DIGITS, device_count=1, process_count=1)
+    lenet = plan_lib.resolve_config(get_config(), DIGITS, device_count=1, process_count=1)
     c = lenet.config
     assert (c.arch, c.image_size, c.channels, c.num_classes) == ("lenet5", 32, 1, 10)
     assert c.optimizer == "nesterov" and c.batch_size == 64 and c.epochs == 10
     assert c.lr == pytest.approx(0.2 * 64 / 256)
     assert lenet.steps_per_epoch == 4000 // 64 and lenet.eval_steps == math.ceil(1000 / 64)
 
-    senet = train_lib.resolve_config(get_config().replace(arch="senet"), DIGITS,
+    senet = plan_lib.resolve_config(get_config().replace(arch="senet"), DIGITS,
                                      device_count=1, process_count=1).config
     assert senet.arch == "seresnet50"  # the alias, resolved
     assert (senet.image_size, senet.channels) == (32, 3)  # 28x28x1 digits run at 32x32x3
@@ -188,7 +183,7 @@ def test_lenet5_and_senet_defaults_on_the_digits():
 
 def test_recipes_follow_the_architecture():
     def resolved(arch, **kw):
-        return train_lib.resolve_config(get_config().replace(arch=arch, **kw), DIGITS,
+        return plan_lib.resolve_config(get_config().replace(arch=arch, **kw), DIGITS,
                                         device_count=1, process_count=1).config
 
     eff = resolved("efficientnet_b0")
@@ -204,7 +199,7 @@ def test_recipes_follow_the_architecture():
 
 def test_bad_configs_name_the_problem_and_the_fix():
     def resolve(**kw):
-        return train_lib.resolve_config(get_config().replace(**kw), DIGITS, device_count=8,
+        return plan_lib.resolve_config(get_config().replace(**kw), DIGITS, device_count=8,
                                         process_count=1)
 
     with pytest.raises(ConfigError, match=r"--image-size 16 .*32x32 minimum.*lenet5"):
@@ -223,7 +218,19 @@ def test_bad_configs_name_the_problem_and_the_fix():
     with pytest.raises(jaxcnn.UnknownModelError, match=r"resnet18"):
         resolve(arch="resnet19")
     with pytest.raises(ConfigError, match=r"--coordinator.*--num-processes.*--process-id"):
-        train_lib.initialize_distributed(get_config().replace(num_processes=2))
+        parallel_lib.initialize_distributed(get_config().replace(num_processes=2))
+
+
+def test_flags_and_the_network_are_checked_before_any_data_is_read():
+    def unreadable():
+        raise AssertionError("the data set was read before the flags and the network's name")
+
+    with pytest.raises(jaxcnn.UnknownModelError, match=r"resnet50"):
+        plan_lib.resolve_config(get_config().replace(arch="resnt50"), unreadable,
+                                device_count=1, process_count=1)
+    with pytest.raises(ConfigError, match=r"--optimizer 'adam'"):
+        plan_lib.resolve_config(get_config().replace(optimizer="adam"), unreadable,
+                                device_count=1, process_count=1)
 
 
 def test_unknown_arch_and_dataset_on_the_command_line(capsys, tmp_path):
@@ -289,7 +296,7 @@ def test_cross_entropy_label_smoothing_and_soft_targets():
 
 def _one_device_steps(config, factory, batches):
     """Runs make_train_step on one device over ``batches``; returns (state, metrics)."""
-    parallel = train_lib.JitParallel([jax.devices()[0]])
+    parallel = parallel_lib.JitParallel([jax.devices()[0]])
     model = train_lib.build_model(config, model_factory=factory)
     schedule = optax.constant_schedule(config.lr)
     tx = train_lib.create_optimizer(config, schedule)
@@ -301,6 +308,7 @@ def _one_device_steps(config, factory, batches):
     return state, parallel.fetch(metrics)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_big_batch():
     data = ToyData()
     batch = next(data.train_iterator("toy", data_dir=None, global_batch_size=32, image_size=8,
@@ -326,8 +334,9 @@ def test_gradient_accumulation_equals_the_big_batch():
     assert accumulated.eval_variables()["params"] is accumulated.ema["params"]
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters_and_loss():
-    config = train_lib.resolve_config(
+    config = plan_lib.resolve_config(
         get_config().replace(dtype="bfloat16", batch_size=8, lr=0.01), DIGITS,
         device_count=1, process_count=1).config
     rng = np.random.default_rng(0)
@@ -341,6 +350,30 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss():
     assert model.dtype == jnp.bfloat16
     logits = model.apply({"params": state.params}, jnp.asarray(batch["image"]), train=False)
     assert logits.dtype == jnp.float32
+
+
+def test_training_curves_leave_pyplot_alone(tmp_path):
+    """The PNG of a run is drawn without switching pyplot's backend: a notebook that trains
+    (whose backend is the inline one) still shows its own plots afterwards."""
+    import matplotlib
+
+    from train import metrics as metrics_lib
+
+    writer = metrics_lib.MetricWriter(str(tmp_path), tensorboard=False)
+    for step in (1, 2, 3, 4):
+        writer.write(step, "train", {"loss": 2.0 / step, "accuracy": 0.2 * step, "lr": 0.1},
+                     epoch=step / 2)
+    writer.write(4, "eval", {"loss": 0.7, "top1": 0.8, "top5": 0.95}, epoch=2.0)
+    writer.close()
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # any backend but Agg, which plotting used to force
+    try:
+        path = metrics_lib.plot_curves(str(tmp_path), title="toy")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -390,7 +423,7 @@ def test_one_train_step_under_mock_data(arch):
         pytest.skip(f"{arch} is not registered yet")
     with tfds.testing.mock_data(num_examples=16):
         info = input_pipeline.dataset_info("cifar10")
-        plan = train_lib.resolve_config(
+        plan = plan_lib.resolve_config(
             get_config().replace(arch=arch, dataset="cifar10", batch_size=4, image_size=32,
                                  warmup_epochs=0.0),  # a warm-up's first rate is 0
             info, device_count=1, process_count=1)
@@ -398,16 +431,13 @@ def test_one_train_step_under_mock_data(arch):
         batch = next(input_pipeline.train_iterator(
             "cifar10", data_dir=None, global_batch_size=4, image_size=32, seed=0))
     assert c.aux_weight == (0.3 if arch == "googlenet" else 0.0)
-    parallel = train_lib.JitParallel([jax.devices()[0]])
-    model = train_lib.build_model(c)
-    schedule = train_lib.create_schedule(c, plan.steps_per_epoch, plan.num_updates)
-    tx = train_lib.create_optimizer(c, schedule)
-    state = parallel.init_state(train_lib.make_init_fn(model, tx, c))
+    parallel = parallel_lib.JitParallel([jax.devices()[0]])
+    setup = train_lib.build(plan, parallel)  # what train_and_evaluate builds
+    state = parallel.init_state(setup.init_fn)
     before = parallel.fetch(state)
-    step = parallel.compile_train(train_lib.make_train_step(model, tx, schedule, c))
     batch = parallel.put_batch(batch)
     # The step that train.main runs, compiled without LLVM's optimisations: it runs once here.
-    step = step.lower(state, batch).compile(
+    step = setup.train_step.lower(state, batch).compile(
         compiler_options={"xla_backend_optimization_level": 0})
     state, metrics = step(state, batch)
     metrics, after = parallel.fetch(metrics), parallel.fetch(state)

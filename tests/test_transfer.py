@@ -44,6 +44,7 @@ def _run(tmp_path, name="run", **changes):
     return result, "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_loads_with_only_the_head_new(tmp_path):
     directory, pretrained = _converted(tmp_path)
     result, log = _run(tmp_path, pretrained=directory, freeze="backbone")
@@ -58,6 +59,7 @@ def test_converted_checkpoint_loads_with_only_the_head_new(tmp_path):
             np.testing.assert_array_equal(new[name], old[name], err_msg=name)  # bit-identical
 
 
+@pytest.mark.slow
 def test_pretrained_is_ignored_when_resuming(tmp_path):
     directory, _ = _converted(tmp_path)
     first, _ = _run(tmp_path, name="resume", max_steps=2)
@@ -158,6 +160,7 @@ def test_head_lr_multiplier_scales_only_the_head_updates():
         config.replace(head_lr_multiplier=0.0).validate()
 
 
+@pytest.mark.slow
 def test_a_later_stage_starts_from_an_earlier_runs_workdir(tmp_path):
     # The two-stage recipe: train (here from scratch), then start a new run from that run's
     # weights with other freeze settings. Same classes: the head is carried over too.

@@ -22,6 +22,7 @@ def _torch_shape_of(path, shape):
     return tuple(shape)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", NAMES)
 def test_torchvision_arrays_rename_one_to_one(name):
     torch = pytest.importorskip("torch")

@@ -59,6 +59,7 @@ def _state(rng):
     }
 
 
+@pytest.mark.parity
 def test_torch_layouts_match_pytorch_outputs():
     torch = pytest.importorskip("torch")
     ref = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1, bias=False),
@@ -97,7 +98,8 @@ def test_missing_unexpected_and_misshapen_arrays_are_all_named():
     assert "params/fc/kernel" in text  # its target is then missing too
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+@pytest.mark.parametrize("suffix", [pytest.param(".safetensors", marks=pytest.mark.parity),
+                                    ".npz"])  # safetensors comes with the parity extra
 def test_files_read_without_torch(tmp_path, suffix):
     """safetensors and npz files are read in a process where importing torch fails."""
     state = _state(np.random.default_rng(1))
@@ -118,6 +120,7 @@ def test_files_read_without_torch(tmp_path, suffix):
     assert "'2.bias'" in out.stdout and "(4, 2, 3, 3)" in out.stdout
 
 
+@pytest.mark.parity
 def test_torch_file_and_wrapped_checkpoint(tmp_path):
     torch = pytest.importorskip("torch")
     state = _state(np.random.default_rng(2))
@@ -129,6 +132,7 @@ def test_torch_file_and_wrapped_checkpoint(tmp_path):
     np.testing.assert_array_equal(loaded["0.weight"], state["0.weight"])
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("legacy", [False, True])
 def test_keras_weights_files_read_in_both_formats(tmp_path, legacy):
     h5py = pytest.importorskip("h5py")

@@ -1,9 +1,20 @@
 """Training for jaxcnn networks, laid out like the Flax ImageNet example.
 
-* ``train.main``: command-line flags only (``python -m train.main --arch senet``).
-* ``train.train``: the importable library: train state, jit/pmap train and eval steps, the loop.
-* ``train.configs.default``: ``get_config()`` and the per-architecture recipes.
+Imports run one way, from the ground up:
+
+* ``train.configs.default``: ``get_config()``, the per-architecture recipes and every
+  optimizer and learning-rate default (``apply_recipe``).
+* ``train.data``: ``DatasetInfo`` and ``DatasetError``, without TensorFlow.
+* ``train.parallel``: devices and processes; jit (sharded) or pmap placement.
+* ``train.plan``: ``resolve_config``, the one owner of "auto": a config and a data set become a
+  ``Plan``.
+* ``train.train``: the importable library: ``build(plan, parallel)`` (network, optimizer, state,
+  steps), the train and eval steps, the loop.
 * ``train.input_pipeline``: TFDS input pipelines (the embedded ``mnist_sample`` by default).
 * ``train.checkpoints``: Orbax checkpoints with resume; ``train.metrics``: logs and plots.
-* ``train.evaluate``: evaluates a trained workdir; ``train.bench``: synthetic-data benchmark.
+* ``train.main``: command-line flags only (``python -m train.main --arch senet``);
+  ``train.evaluate``: evaluates a trained workdir; ``train.bench``: synthetic-data benchmark.
+
+The trainer runs from a checkout (``python -m train.main`` in the repository root); it is not
+part of the ``jaxcnn`` wheel, so that no installed package claims the top-level name ``train``.
 """

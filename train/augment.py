@@ -82,25 +82,30 @@ def crop(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
     return image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
 
 
-def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, image_size: int, *,
-                        encoded: bool, channels: int) -> tf.Tensor:
-    """Inception crop, resized to ``image_size`` (float32, pixel values in [0, 255])."""
-    window_fn = lambda shape: _random_crop_window(shape, seed)  # noqa: E731
+def _crop_resized(image: tf.Tensor, window_fn: Callable[[tf.Tensor], tf.Tensor], image_size: int,
+                  *, encoded: bool, channels: int) -> tf.Tensor:
+    """The window that ``window_fn(shape)`` picks, resized to ``image_size``.
+
+    An encoded image is decoded inside the window only (``_decode_crop``).
+    """
     if encoded:
         image = _decode_crop(image, window_fn, channels)
     else:
         image = crop(image, window_fn(tf.shape(image)))
     return resize(image, image_size)
+
+
+def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, image_size: int, *,
+                        encoded: bool, channels: int) -> tf.Tensor:
+    """Inception crop, resized to ``image_size`` (float32, pixel values in [0, 255])."""
+    return _crop_resized(image, lambda shape: _random_crop_window(shape, seed), image_size,
+                         encoded=encoded, channels=channels)
 
 
 def centre_crop(image: tf.Tensor, image_size: int, *, encoded: bool, channels: int) -> tf.Tensor:
     """Evaluation crop, resized to ``image_size`` (float32, pixel values in [0, 255])."""
-    window_fn = lambda shape: _centre_crop_window(shape, image_size)  # noqa: E731
-    if encoded:
-        image = _decode_crop(image, window_fn, channels)
-    else:
-        image = crop(image, window_fn(tf.shape(image)))
-    return resize(image, image_size)
+    return _crop_resized(image, lambda shape: _centre_crop_window(shape, image_size), image_size,
+                         encoded=encoded, channels=channels)
 
 
 def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:

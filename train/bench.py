@@ -10,7 +10,6 @@ RSS) as JSON.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -22,20 +21,8 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-@dataclasses.dataclass(frozen=True)
-class _SyntheticInfo:
-    """Just enough of a DatasetInfo for :func:`train.train.resolve_config`."""
-
-    name: str
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    num_train: int
-    num_eval: int
-    train_split: str = "synthetic"
-    eval_split: str = "synthetic"
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
+from train.configs.default import DTYPES, OPTIMIZERS, PARALLEL, Config  # noqa: E402
+from train.data import DatasetInfo  # noqa: E402
 
 
 def _peak_memory(devices) -> tuple[int | None, str]:
@@ -82,24 +69,24 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
 
     import jaxcnn
     from train import train as train_lib
-    from train.configs.default import Config
+    from train.parallel import make_parallel
+    from train.plan import resolve_config
 
     info_model = jaxcnn.model_info(arch)
     h, w, channels = info_model.input_shape
     size = image_size or h
-    info = _SyntheticInfo(name="synthetic", num_classes=num_classes,
-                          image_shape=(size, size, channels), num_train=batch_size * 1000,
-                          num_eval=batch_size)
+    info = DatasetInfo(name="synthetic", num_classes=num_classes,
+                       image_shape=(size, size, channels), train_split="synthetic",
+                       eval_split="synthetic", num_train=batch_size * 1000, num_eval=batch_size,
+                       mean=(0.0,), std=(1.0,))
     config = Config(arch=arch, dataset="synthetic", image_size=size, dtype=dtype,
                     batch_size=batch_size, num_classes=num_classes, optimizer=optimizer,
                     parallel=parallel, epochs=1, progress=False)
-    plan = train_lib.resolve_config(config, info)
+    plan = resolve_config(config, info)
     c = plan.config
-    par = train_lib.make_parallel(c.parallel)
-    model = train_lib.build_model(c, axis_name=par.axis_name)
-    schedule = train_lib.create_schedule(c, plan.steps_per_epoch, plan.num_updates)
-    tx = train_lib.create_optimizer(c, schedule)
-    state = par.init_state(train_lib.make_init_fn(model, tx, c))
+    par = make_parallel(c.parallel)
+    setup = train_lib.build(plan, par)
+    state = par.init_state(setup.init_fn)
     params = jaxcnn.count_params({"params": par.fetch(state.params)})
 
     rng = np.random.default_rng(0)
@@ -118,8 +105,7 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
         "jax": jax.__version__,
     }
 
-    step_fn = par.compile_train(train_lib.make_train_step(model, tx, schedule, c,
-                                                          axis_name=par.axis_name))
+    step_fn = setup.train_step
     start = time.perf_counter()
     if c.parallel == "jit":
         step_fn = step_fn.lower(state, batch).compile()
@@ -139,12 +125,15 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
                                                               batch_size)}
     if inference:
         variables = holder["state"].eval_variables()
+
+        def forward(v, x):
+            return setup.model.apply(v, x, train=False)
+
         if c.parallel == "jit":
-            infer = jax.jit(lambda v, x: model.apply(v, x, train=False),
-                            in_shardings=(par.replicated, par.data), out_shardings=par.data)
+            infer = jax.jit(forward, in_shardings=(par.replicated, par.data),
+                            out_shardings=par.data)
         else:
-            infer = jax.pmap(lambda v, x: model.apply(v, x, train=False),
-                             axis_name=par.axis_name)
+            infer = jax.pmap(forward, axis_name=par.axis_name)
         images = batch["image"]
         start = time.perf_counter()
         if c.parallel == "jit":
@@ -173,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="global batch size over all devices (default: 256)")
     parser.add_argument("--image-size", type=int,
                         help="square input size (default: the network's, e.g. 224)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+    parser.add_argument("--dtype", default="auto", choices=DTYPES,
                         help="computation dtype (default: auto: bfloat16 on GPU/TPU, float32 "
                              "on CPU)")
     parser.add_argument("--steps", type=int, default=50,
@@ -184,18 +173,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="untimed steps after compiling (default: 2)")
     parser.add_argument("--num-classes", type=int, default=1000,
                         help="classifier outputs (default: 1000)")
-    parser.add_argument("--optimizer", choices=("sgd", "nesterov", "adamw", "rmsprop", "lars",
-                                                "lamb"),
+    parser.add_argument("--optimizer", choices=OPTIMIZERS,
                         help="optimizer in the train step (default: the recipe's)")
-    parser.add_argument("--parallel", default="jit", choices=("jit", "pmap"),
+    parser.add_argument("--parallel", default="jit", choices=PARALLEL,
                         help="data parallelism over the local devices (default: jit)")
     parser.add_argument("--no-inference", dest="inference", action="store_false",
                         help="time the train step only")
     parser.add_argument("--output", help="also write the JSON report to this file")
     args = parser.parse_args(argv)
 
-    import jaxcnn
-    from train.configs.default import ConfigError
+    from train import train as train_lib
 
     try:
         report = run_benchmark(args.arch, batch_size=args.batch_size,
@@ -203,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                                windows=args.windows, warmup=args.warmup,
                                num_classes=args.num_classes, optimizer=args.optimizer,
                                parallel=args.parallel, inference=args.inference)
-    except (ConfigError, jaxcnn.UnknownModelError, jaxcnn.InputShapeError) as err:
+    except train_lib.USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from train.configs.default import Config, ConfigError  # noqa: E402
+from train.configs.default import Config  # noqa: E402
 
 
 def evaluate_workdir(workdir: str, *, step: int | None = None, best: bool = False,
@@ -27,6 +27,8 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, best: bool = Fals
 
     from train import checkpoints as checkpoints_lib
     from train import train as train_lib
+    from train.parallel import JitParallel
+    from train.plan import resolve_config
 
     ckpts = checkpoints_lib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True)
     steps = ckpts.all_steps()
@@ -40,7 +42,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, best: bool = Fals
         raise checkpoints_lib.CheckpointError(
             f"No checkpoint at step {step} in {ckpts.directory}; there are {steps}.")
     config = Config.from_dict(ckpts.stored_config(step))
-    parallel = train_lib.JitParallel()
+    parallel = JitParallel()
     eval_batch = batch_size or config.eval_batch_size or config.batch_size
     eval_batch = -(-eval_batch // parallel.device_count) * parallel.device_count
     config = config.replace(data_dir=data_dir or config.data_dir, eval_batch_size=eval_batch,
@@ -48,21 +50,18 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, best: bool = Fals
                             process_id=None)
     data = data or train_lib.default_data()
     info = data.dataset_info(config.dataset, config.data_dir)
-    steps_per_epoch = max(1, info.num_train // config.batch_size)
-    plan = train_lib.Plan(config=config, info=info, steps_per_epoch=steps_per_epoch,
-                          total_steps=config.epochs * steps_per_epoch, last_step=0,
-                          eval_steps=train_lib.eval_steps_for(info.num_eval, eval_batch, 1),
-                          data_channels=info.image_shape[2])
-    model = train_lib.build_model(config, model_factory=model_factory)
-    schedule = train_lib.create_schedule(config, plan.steps_per_epoch, plan.num_updates)
-    tx = train_lib.create_optimizer(config, schedule)
-    init_fn = train_lib.make_init_fn(model, tx, config)
-    state = ckpts.restore(step, parallel.abstract_state(init_fn))
-    ckpts.close()
+    # The stored config is resolved already; resolving it again derives the plan's numbers and
+    # checks the eval batch against this machine's devices.
+    plan = resolve_config(config, info, model_factory=model_factory, process_count=1,
+                          training=False)
+    setup = train_lib.build(plan, parallel, model_factory=model_factory)
+    try:
+        state = ckpts.restore(step, parallel.abstract_state(setup.init_fn))
+    finally:
+        ckpts.close()
     if not use_ema:
         state = state.replace(ema=None)
-    eval_step = parallel.compile_eval(train_lib.make_eval_step(model, config))
-    metrics = train_lib.evaluate(state, eval_step, parallel, data, plan, progress=progress)
+    metrics = train_lib.evaluate(state, setup.eval_step, parallel, data, plan, progress=progress)
     result = {
         "workdir": os.path.abspath(workdir), "step": step, "arch": config.arch,
         "dataset": config.dataset, "split": info.eval_split, "image_size": config.image_size,
@@ -93,21 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="show a progress bar (default: on)")
     args = parser.parse_args(argv)
 
-    import jaxcnn
-    from train.checkpoints import CheckpointError
+    from train import train as train_lib
 
-    errors: tuple[type[Exception], ...] = (ConfigError, CheckpointError,
-                                           jaxcnn.UnknownModelError)
-    try:
-        from train.input_pipeline import DatasetError
-        errors += (DatasetError,)
-    except ImportError:
-        pass
     try:
         result = evaluate_workdir(args.workdir, step=args.step, best=args.best,
                                   data_dir=args.data_dir, batch_size=args.batch_size,
                                   use_ema=args.ema, progress=args.progress)
-    except errors as err:
+    except train_lib.USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     top5 = f", top-5 {100 * result['top5']:.2f}%" if result["num_classes"] > 10 else ""

@@ -53,6 +53,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from train import augment as aug
+from train.data import DatasetError, DatasetInfo
 from train.datasets import mnist_sample  # noqa: F401  (registers the builder with TFDS)
 
 try:  # TensorFlow only feeds the accelerator: keep it off any GPU JAX means to use.
@@ -94,31 +95,6 @@ _EVAL_SPLITS = {"imagenet2012": "validation", "imagenette": "validation", "image
 
 # Images are cached in memory after decoding when the (per-process) training split fits in this.
 _CACHE_BYTES = 1 << 30
-
-
-class DatasetError(ValueError):
-    """A data set that cannot be used as asked: unknown, unprepared, or of the wrong kind."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What a data set is, for choosing the network, batch and schedule.
-
-    ``image_shape`` is the native (H, W, C); H and W are ``None`` where images vary in size
-    (ImageNet, image folders). ``mean`` and ``std`` are per native channel, in [0, 255] pixel
-    units. ``class_names`` are the label names where the data set has them.
-    """
-
-    name: str
-    num_classes: int
-    image_shape: tuple[int | None, int | None, int]
-    train_split: str
-    eval_split: str
-    num_train: int
-    num_eval: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from train.configs.default import Config, ConfigError, get_config  # noqa: E402
+from train.configs.default import Config, get_config  # noqa: E402
 
 _TYPES = {"str": str, "int": int, "float": float}
 
@@ -70,27 +70,13 @@ def parse_config(argv: list[str] | None = None) -> Config:
     return get_config().replace(**vars(args))
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    import jaxcnn
-    from train.checkpoints import CheckpointError
-
-    errors: list[type[Exception]] = [ConfigError, CheckpointError, jaxcnn.UnknownModelError,
-                                     jaxcnn.InputShapeError]
-    try:
-        from train.input_pipeline import DatasetError
-        errors.append(DatasetError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
     from train import train
 
     try:
         train.train_and_evaluate(config)
-    except _user_errors() as err:
+    except train.USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

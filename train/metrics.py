@@ -115,15 +115,15 @@ def plot_curves(workdir: str, path: str | None = None, title: str | None = None,
     evals = [r for r in records if r.get("split") == "eval"]
     if not train and not evals:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, drawn without pyplot: switching pyplot's backend here (to Agg) would
+    # silence the plots of a notebook that trains.
+    from matplotlib.figure import Figure
 
     def xs(rs):
         return [r.get("epoch", r["step"]) for r in rs]
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     ax = axes[0]
     ax.plot(xs(train), [r["loss"] for r in train], label="train")
     if evals:
@@ -154,7 +154,6 @@ def plot_curves(workdir: str, path: str | None = None, title: str | None = None,
         fig.savefig(tmp, dpi=100)
         os.replace(tmp, path)
     finally:
-        plt.close(fig)
         if os.path.exists(tmp):
             os.remove(tmp)
     return path

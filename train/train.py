@@ -1,17 +1,10 @@
-"""Training library: train state, optimizer, the jit/pmap train and eval steps, and the loop.
+"""Training library: train state, optimizer, the train and eval steps, and the loop.
 
-``train_and_evaluate(config)`` runs a whole training; everything it uses is importable on its
-own (``resolve_config``, ``create_optimizer``, ``make_train_step``, ``JitParallel``, ...), as
-in the Flax ImageNet example.
-
-Data parallelism comes in two forms that compute the same thing:
-
-* ``jit`` (default): one ``jax.jit`` program over a ``Mesh`` of every device; the batch is
-  sharded along the mesh's ``data`` axis, the state replicated. BatchNorm statistics are means
-  over the whole (global) batch because the program is written for the global batch.
-* ``pmap``: ``jax.pmap`` with ``axis_name="batch"``; networks are built with
-  ``axis_name="batch"`` so BatchNorm averages its statistics across replicas, and gradients and
-  metrics are ``pmean``-ed.
+``train_and_evaluate(config)`` runs a whole training: ``train.plan.resolve_config`` fills the
+config's "auto" fields, :func:`build` makes the network, optimizer, initial state and steps of
+the plan (evaluation and the benchmark build through it too), and the loop runs them. Every
+piece is importable on its own (``create_optimizer``, ``make_train_step``, ...), as in the Flax
+ImageNet example. Devices, processes and the jit/pmap placement are ``train.parallel``'s.
 
 Mixed precision: the network computes in ``config.dtype`` (bfloat16 on accelerators); parameters,
 optimizer state, logits and the loss stay float32. The loop never waits for the device except
@@ -37,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import jaxcnn
 from jaxcnn import convert as convert_lib
@@ -45,312 +37,20 @@ from jaxcnn import features as features_lib
 from jaxcnn import weights as weights_lib
 from train import checkpoints as checkpoints_lib
 from train import metrics as metrics_lib
-from train.configs.default import DATASET_EPOCHS, Config, ConfigError, recipe_for
+from train.configs.default import Config, ConfigError
+from train.data import DatasetError
+from train.parallel import JitParallel, initialize_distributed, make_parallel
+from train.plan import Plan, resolve_config
 
 # CPUs cannot donate buffers; the warning says so on every compilation and means nothing here.
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
-# Peak rate per 256 images and weight decay of an optimizer picked against the recipe's
-# (e.g. --optimizer adamw for a ResNet): the recipe's numbers belong to its own optimizer.
-OPTIMIZER_DEFAULTS: dict[str, tuple[float, float]] = {
-    "sgd": (0.1, 1e-4),
-    "nesterov": (0.1, 1e-4),
-    "rmsprop": (0.016, 1e-5),
-    "adamw": (1e-3, 0.05),
-    "lars": (0.3, 1e-6),
-    "lamb": (1e-3, 0.05),
-}
-OPTIMIZER_EPS = {"adamw": 1e-8, "rmsprop": 1e-3, "lamb": 1e-6}
-
-
-# --------------------------------------------------------------------------------------------
-# Processes and devices.
-# --------------------------------------------------------------------------------------------
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else None
-
-
-def initialize_distributed(config: Config) -> bool:
-    """Calls ``jax.distributed.initialize`` for multi-process runs; True if it did.
-
-    Flags win over ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID``.
-    Must run before anything touches a device.
-    """
-    coordinator = config.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    num = config.num_processes if config.num_processes is not None else _env_int(
-        "JAX_NUM_PROCESSES")
-    pid = config.process_id if config.process_id is not None else _env_int("JAX_PROCESS_ID")
-    if coordinator is None and num is None and pid is None:
-        return False
-    if coordinator is None or num is None or pid is None:
-        raise ConfigError(
-            "A multi-process run needs all three of --coordinator HOST:PORT, --num-processes N "
-            "and --process-id I (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, "
-            f"$JAX_PROCESS_ID); got coordinator={coordinator!r}, num_processes={num!r}, "
-            f"process_id={pid!r}.")
-    if not 0 <= pid < num:
-        raise ConfigError(f"--process-id must be in [0, {num}); got {pid}.")
-    if jax.distributed.is_initialized():
-        return True
-    # CPU devices need a collectives implementation to talk across processes.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    try:
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num,
-                                   process_id=pid)
-    except RuntimeError as err:
-        raise ConfigError(
-            f"jax.distributed.initialize failed ({err}). It must run before any JAX "
-            f"computation, and every process must reach the coordinator at {coordinator}."
-        ) from err
-    return True
-
-
-def run_once(jitted: Callable[[], Any]) -> Any:
-    """Compiles and runs a function of no arguments that runs once (the initialisation).
-
-    On CPU, LLVM's optimisations take most of the compile time of an initialisation (its many
-    random initialisers) and buy nothing for a single run: they are turned off for it.
-    """
-    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-    return jitted.lower().compile(compiler_options=options)()
-
-
-class JitParallel:
-    """``jax.jit`` over a ``Mesh`` of all devices: batch sharded on ``data``, state replicated."""
-
-    name = "jit"
-    axis_name = None
-
-    def __init__(self, devices: list[jax.Device] | None = None):
-        self.devices = list(devices or jax.devices())
-        self.mesh = Mesh(np.asarray(self.devices), ("data",))
-        self.replicated = NamedSharding(self.mesh, P())
-        self.data = NamedSharding(self.mesh, P("data"))
-
-    @property
-    def device_count(self) -> int:
-        return len(self.devices)
-
-    def init_state(self, init_fn: Callable[[], Any]) -> Any:
-        return run_once(jax.jit(init_fn, out_shardings=self.replicated))
-
-    def place(self, host_tree: Any) -> Any:
-        """A state built on the host -> replicated on the devices, like :meth:`init_state`."""
-        return jax.device_put(host_tree, self.replicated)
-
-    def abstract_state(self, init_fn: Callable[[], Any]) -> Any:
-        """Shapes, dtypes and the replicated sharding of the state, for restoring into."""
-        shapes = jax.eval_shape(init_fn)
-        return jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
-
-    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """This process's share of a global batch -> one global array sharded over ``data``."""
-        return {k: jax.make_array_from_process_local_data(self.data, np.asarray(v))
-                for k, v in batch.items()}
-
-    def compile_train(self, step_fn: Callable) -> Callable:
-        return jax.jit(step_fn, in_shardings=(self.replicated, self.data),
-                       out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
-
-    def compile_eval(self, eval_fn: Callable) -> Callable:
-        return jax.jit(eval_fn, in_shardings=(self.replicated, self.data),
-                       out_shardings=self.replicated)
-
-    def fetch(self, tree: Any) -> Any:
-        """Replicated device values -> NumPy (one copy, the local one)."""
-        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
-
-    def to_checkpoint(self, state: Any) -> Any:
-        return state
-
-    def from_checkpoint(self, state: Any) -> Any:
-        return state
-
-
-class PmapParallel(JitParallel):
-    """``jax.pmap`` with ``axis_name="batch"`` over this process's devices (all of them)."""
-
-    name = "pmap"
-    axis_name = "batch"
-
-    def __init__(self, devices: list[jax.Device] | None = None):
-        super().__init__(devices)
-        self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
-        self.stacked = NamedSharding(Mesh(np.asarray(self.local_devices), ("devices",)),
-                                     P("devices"))
-
-    def _replicate(self, host_tree: Any) -> Any:
-        n = len(self.local_devices)
-        return jax.tree.map(
-            lambda x: jax.device_put(np.stack([np.asarray(x)] * n), self.stacked), host_tree)
-
-    def init_state(self, init_fn: Callable[[], Any]) -> Any:
-        return self._replicate(jax.device_get(run_once(jax.jit(init_fn))))
-
-    def place(self, host_tree: Any) -> Any:
-        return self._replicate(jax.device_get(host_tree))
-
-    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        n = len(self.local_devices)
-        return {k: jax.device_put(np.asarray(v).reshape(n, -1, *v.shape[1:]), self.stacked)
-                for k, v in batch.items()}
-
-    def compile_train(self, step_fn: Callable) -> Callable:
-        return jax.pmap(step_fn, axis_name=self.axis_name, donate_argnums=(0,))
-
-    def compile_eval(self, eval_fn: Callable) -> Callable:
-        return jax.pmap(eval_fn, axis_name=self.axis_name)
-
-    def fetch(self, tree: Any) -> Any:
-        # Every replica holds the same value (pmean-ed); take this process's first.
-        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
-
-    def to_checkpoint(self, state: Any) -> Any:
-        """Stacked replicas -> one global array replicated over all devices (what jit uses)."""
-        host = self.fetch(state)
-        return jax.tree.map(
-            lambda x: jax.make_array_from_callback(x.shape, self.replicated, lambda i: x[i]), host)
-
-    def from_checkpoint(self, state: Any) -> Any:
-        return self._replicate(jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state))
-
-
-def make_parallel(name: str) -> JitParallel:
-    return {"jit": JitParallel, "pmap": PmapParallel}[name]()
-
-
-def check_divisible(batch_size: int, flag: str, device_count: int, process_count: int) -> None:
-    """Raises :class:`ConfigError` unless ``batch_size`` splits evenly over the devices."""
-    for count, what in ((device_count, f"{device_count} devices (jax.device_count())"),
-                        (process_count, f"{process_count} processes")):
-        if batch_size % count:
-            lower = batch_size // count * count
-            options = " or ".join(str(b) for b in (lower, lower + count) if b > 0)
-            raise ConfigError(
-                f"{flag} {batch_size} cannot be split evenly over the {what}: pass a multiple "
-                f"of {count} such as {options}.")
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration.
-# --------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """A resolved config and the numbers derived from it and the dataset."""
-
-    config: Config
-    info: Any  # train.input_pipeline.DatasetInfo
-    steps_per_epoch: int
-    total_steps: int  # the schedule's length in batches: epochs x steps_per_epoch
-    last_step: int  # where this run stops: total_steps or --max-steps
-    eval_steps: int  # eval batches covering the eval split once
-    data_channels: int
-
-    @property
-    def num_updates(self) -> int:
-        return max(1, self.total_steps // self.config.grad_accum)
-
-
-def _model_info(arch: str, model_factory: Callable | None):
-    if model_factory is not None:
-        return None
-    return jaxcnn.model_info(arch)  # raises UnknownModelError listing close names
-
-
-def eval_steps_for(num_eval: int, global_batch_size: int, process_count: int) -> int:
-    """Eval batches per process: the largest even share of the split, in local batches."""
-    largest_share = -(-num_eval // process_count)
-    return -(-largest_share // (global_batch_size // process_count))
-
-
-def resolve_config(config: Config, info: Any, *, model_factory: Callable | None = None,
-                   device_count: int | None = None, process_count: int | None = None) -> Plan:
-    """Fills every "auto" (``None``) field from the dataset, the network and its recipe."""
-    config.validate()
-    device_count = device_count or jax.device_count()
-    process_count = process_count or jax.process_count()
-    minfo = _model_info(config.arch, model_factory)
-    arch = minfo.name if minfo else config.arch  # aliases resolve: senet -> seresnet50
-    recipe = recipe_for(arch)
-    c = config
-
-    optimizer = c.optimizer or recipe.optimizer
-    base_lr, base_wd = ((recipe.base_lr, recipe.weight_decay) if optimizer == recipe.optimizer
-                        else OPTIMIZER_DEFAULTS[optimizer])
-    batch_size = c.batch_size or recipe.batch_size
-    epochs = c.epochs or DATASET_EPOCHS.get(c.dataset, recipe.epochs)
-    schedule = c.schedule or recipe.schedule
-
-    num_classes = c.num_classes or info.num_classes
-    if num_classes < info.num_classes:
-        raise ConfigError(f"--num-classes {num_classes} is fewer than the {info.num_classes} "
-                          f"classes of {c.dataset}; omit it or pass at least {info.num_classes}.")
-    data_h, data_w, data_c = info.image_shape
-    channels = c.channels or (minfo.input_shape[2] if minfo else data_c)
-    if channels != data_c and {channels, data_c} != {1, 3}:
-        raise ConfigError(f"--channels {channels} cannot be made from {c.dataset}'s {data_c}-"
-                          f"channel images (only grayscale <-> RGB is converted).")
-    min_size = minfo.min_size if minfo else 1
-    native = max(data_h or 0, data_w or 0) or (minfo.input_shape[0] if minfo else 224)
-    auto_size = max(native, min_size)
-    default = minfo.input_shape[0] if minfo else 0
-    if native < default and default >= 64 and default % 32 == 0:
-        # Small images for a 224x224 network (total stride 32): 28x28 digits run at 32x32.
-        auto_size = -(-auto_size // 32) * 32
-    image_size = c.image_size or auto_size
-    if image_size < min_size:
-        raise ConfigError(
-            f"--image-size {image_size} is smaller than the {min_size}x{min_size} minimum that "
-            f"{arch} admits (its downsampling would shrink the image to nothing); pass "
-            f"--image-size {min_size} or more, or omit it to use {auto_size}.")
-
-    dtype = c.dtype
-    if dtype == "auto":
-        dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    eval_batch_size = c.eval_batch_size or batch_size
-    check_divisible(batch_size, "--batch-size", device_count, process_count)
-    if c.eval_batch_size is None and eval_batch_size % device_count:
-        eval_batch_size = -(-eval_batch_size // device_count) * device_count
-    check_divisible(eval_batch_size, "--eval-batch-size", device_count, process_count)
-
-    resolved = c.replace(
-        arch=arch,
-        num_classes=num_classes,
-        image_size=image_size,
-        channels=channels,
-        dtype=dtype,
-        aux_weight=c.aux_weight if c.aux_weight is not None else recipe.aux_weight,
-        epochs=epochs,
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-        optimizer=optimizer,
-        lr=c.lr if c.lr is not None else base_lr * batch_size * c.grad_accum / 256,
-        opt_eps=c.opt_eps if c.opt_eps is not None else OPTIMIZER_EPS.get(optimizer),
-        schedule=schedule,
-        warmup_epochs=(c.warmup_epochs if c.warmup_epochs is not None
-                       else min(recipe.warmup_epochs, epochs / 10)),
-        lr_decay_factor=c.lr_decay_factor or (0.1 if schedule == "step" else 0.97),
-        lr_decay_epochs=c.lr_decay_epochs or (epochs / 3 if schedule == "step" else 2.4),
-        weight_decay=c.weight_decay if c.weight_decay is not None else base_wd,
-        label_smoothing=(c.label_smoothing if c.label_smoothing is not None
-                         else recipe.label_smoothing),
-        ema_decay=c.ema_decay if c.ema_decay is not None else recipe.ema_decay,
-        workdir=c.workdir or os.path.join("runs", f"{arch}_{c.dataset}"),
-    )
-    steps_per_epoch = info.num_train // batch_size
-    if steps_per_epoch < 1:
-        raise ConfigError(f"--batch-size {batch_size} is larger than the {info.num_train:,} "
-                          f"training images of {c.dataset}; pass a smaller one.")
-    total_steps = epochs * steps_per_epoch
-    last_step = min(total_steps, c.max_steps) if c.max_steps else total_steps
-    return Plan(config=resolved, info=info, steps_per_epoch=steps_per_epoch,
-                total_steps=total_steps, last_step=last_step,
-                eval_steps=eval_steps_for(info.num_eval, eval_batch_size, process_count),
-                data_channels=data_c)
+# Mistakes in what the user asked for (flags, data set, network, workdir): the command lines print
+# their one-line message, which names the fix, and exit with status 2.
+USER_ERRORS = (ConfigError, DatasetError, checkpoints_lib.CheckpointError,
+               jaxcnn.UnknownModelError, jaxcnn.InputShapeError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,13 +66,6 @@ def build_model(config: Config, *, axis_name: str | None = None,
     if config.aux_weight:
         kwargs["aux_logits"] = True
     return factory(config.arch, **kwargs)
-
-
-def supports_aux(config: Config, model_factory: Callable | None = None) -> bool:
-    """Whether the network has optional auxiliary classifiers (an ``aux_logits`` field)."""
-    model = (model_factory or jaxcnn.create_model)(config.arch, num_classes=config.num_classes)
-    return dataclasses.is_dataclass(model) and any(
-        f.name == "aux_logits" for f in dataclasses.fields(model))
 
 
 @flax.struct.dataclass
@@ -721,6 +414,50 @@ def make_eval_step(model: nn.Module, config: Config, *, axis_name: str | None = 
 
 
 # --------------------------------------------------------------------------------------------
+# A plan, built.
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What :func:`build` makes of a plan; training, evaluation and the benchmark share it."""
+
+    model: nn.Module
+    schedule: optax.Schedule
+    tx: optax.GradientTransformation  # with the frozen layers and the head's own rate
+    init_fn: Callable[[], TrainState]  # the initial state: parallel.init_state(init_fn)
+    train_step: Callable  # (state, batch) -> (state, metrics), jitted or pmapped by parallel
+    eval_step: Callable  # (variables, batch) -> sums of loss, top-1, top-5 and count
+    frozen: frozenset  # the top-level layers that --freeze keeps fixed
+    layer_order: list[str]  # the top-level layers in call order, when freezing asked for it
+
+
+def build(plan: Plan, parallel: JitParallel, *,
+          model_factory: Callable[..., nn.Module] | None = None) -> Setup:
+    """The network, schedule, optimizer, initial state and steps of ``plan`` on ``parallel``.
+
+    The steps are wrapped for ``parallel`` (``compile_train``/``compile_eval``) and compile on
+    their first call. A run's checkpoint restores only into the state of the same build: the
+    frozen layers and the head's rate shape the optimizer's state.
+    """
+    c = plan.config
+    axis_name = parallel.axis_name
+    model = build_model(c, axis_name=axis_name, model_factory=model_factory)
+    schedule = create_schedule(c, plan.steps_per_epoch, plan.num_updates)
+    frozen, labels, order = frozenset(), None, []
+    if c.freeze != "none" or c.head_lr_multiplier != 1:
+        order = layer_order(model, c)
+        top_level = jax.eval_shape(make_init_fn(model, optax.identity(), c)).params
+        frozen = frozen_layers(c.freeze, order, top_level)
+        labels = make_param_labels(frozen, head=order[-1])
+    tx = create_optimizer(c, schedule, labels)
+    return Setup(
+        model=model, schedule=schedule, tx=tx, init_fn=make_init_fn(model, tx, c),
+        train_step=parallel.compile_train(
+            make_train_step(model, tx, schedule, c, axis_name=axis_name, frozen=frozen)),
+        eval_step=parallel.compile_eval(make_eval_step(model, c, axis_name=axis_name)),
+        frozen=frozen, layer_order=order)
+
+
+# --------------------------------------------------------------------------------------------
 # Data.
 # --------------------------------------------------------------------------------------------
 def default_data():
@@ -857,33 +594,16 @@ def train_and_evaluate(config: Config, *, data: Any = None,
     checkpoints resumes from the latest one.
     """
     initialize_distributed(config)
-    config.validate()
-    _model_info(config.arch, model_factory)  # an unknown name fails before any data is read
     data = data or default_data()
-    info = data.dataset_info(config.dataset, config.data_dir)
-    plan = resolve_config(config, info, model_factory=model_factory)
-    c = plan.config
-    if c.aux_weight and not supports_aux(c, model_factory):
-        if config.aux_weight:
-            raise ConfigError(f"--aux-weight {config.aux_weight}: {c.arch} has no auxiliary "
-                              f"classifiers; omit the flag.")
-        c = c.replace(aux_weight=0.0)
-        plan = dataclasses.replace(plan, config=c)
+    plan = resolve_config(config, lambda: data.dataset_info(config.dataset, config.data_dir),
+                          model_factory=model_factory)
+    c, info = plan.config, plan.info
     is_main = jax.process_index() == 0
     progress = c.progress and is_main
     say = _printer(print_fn, progress) if is_main else (lambda *_: None)
 
     parallel = make_parallel(c.parallel)
-    model = build_model(c, axis_name=parallel.axis_name, model_factory=model_factory)
-    schedule = create_schedule(c, plan.steps_per_epoch, plan.num_updates)
-    frozen, labels = frozenset(), None
-    if c.freeze != "none" or c.head_lr_multiplier != 1:
-        order = layer_order(model, c)
-        top_level = jax.eval_shape(make_init_fn(model, optax.identity(), c)).params
-        frozen = frozen_layers(c.freeze, order, top_level)
-        labels = make_param_labels(frozen, head=order[-1])
-    tx = create_optimizer(c, schedule, labels)
-    init_fn = make_init_fn(model, tx, c)
+    setup = build(plan, parallel, model_factory=model_factory)
     stored = c.to_dict()
 
     # Look at existing checkpoints before writing anything into the workdir.
@@ -895,15 +615,15 @@ def train_and_evaluate(config: Config, *, data: Any = None,
             if start_step is not None:
                 ckpts.check_compatible(start_step, stored)
                 state = parallel.from_checkpoint(
-                    ckpts.restore(start_step, parallel.abstract_state(init_fn)))
+                    ckpts.restore(start_step, parallel.abstract_state(setup.init_fn)))
             else:
-                state = parallel.init_state(init_fn)
+                state = parallel.init_state(setup.init_fn)
                 if c.pretrained:
                     fresh = parallel.fetch({"params": state.params,
                                             "batch_stats": state.batch_stats})
                     variables, left, what = load_pretrained_variables(c, fresh)
                     state = parallel.place(new_state(variables["params"],
-                                                     variables["batch_stats"], tx, c))
+                                                     variables["batch_stats"], setup.tx, c))
                     say(f"loaded {what}; left at their initial value (the new classifier): "
                         f"{', '.join(left) or 'nothing'}")
         except jaxcnn.InputShapeError as err:
@@ -914,17 +634,14 @@ def train_and_evaluate(config: Config, *, data: Any = None,
         if is_main:
             checkpoints_lib.write_json_atomic(os.path.join(c.workdir, "config.json"), stored)
         say(_describe_run(plan, parallel, start_step))
-        if frozen:
-            names = [n for n in order if n in frozen] + sorted(frozen - set(order))
+        if setup.frozen:
+            order = setup.layer_order
+            names = [n for n in order if n in setup.frozen] + sorted(setup.frozen - set(order))
             say(f"frozen (--freeze {c.freeze}): {', '.join(names)}")
         if start_step and c.pretrained:
             say(f"--pretrained {c.pretrained} is not used: the run resumes from its checkpoint")
         loop = _Loop(plan, parallel, data, ckpts, writer, say, progress, stored)
-        train_step = parallel.compile_train(
-            make_train_step(model, tx, schedule, c, axis_name=parallel.axis_name, frozen=frozen))
-        eval_step = parallel.compile_eval(
-            make_eval_step(model, c, axis_name=parallel.axis_name))
-        state, step, eval_metrics = loop.run(state, start_step, train_step, eval_step)
+        state, step, eval_metrics = loop.run(state, start_step, setup.train_step, setup.eval_step)
     finally:
         ckpts.close()  # waits for the asynchronous saves
         if writer is not None:

@@ -1,9 +1,11 @@
 """The default training configuration and the per-architecture recipes.
 
 ``get_config()`` returns a :class:`Config` with every option. Fields left at ``None`` mean
-"auto": :func:`train.train.resolve_config` fills them from the dataset, the network and the
-architecture's :class:`Recipe` (the published training recipe, scaled to the batch size), and
-the resolved config is what runs and what is stored beside every checkpoint.
+"auto". The published recipes live here too: :func:`apply_recipe` fills the fields that an
+architecture's :class:`Recipe` decides (optimizer, learning rate scaled to the batch, schedule,
+decay, epochs ...), and :func:`train.plan.resolve_config` the ones that the dataset, the network
+and the devices decide. The resolved config is what runs and what is stored beside every
+checkpoint.
 
 ``train.main`` turns each field into a flag (``batch_size`` -> ``--batch-size``); the ``help``
 metadata below is the flag's documentation, so ``--help`` always lists every option.
@@ -267,3 +269,54 @@ def recipe_for(arch: str) -> Recipe:
         if fnmatch.fnmatch(arch, pattern):
             return recipe
     raise AssertionError("the catch-all recipe always matches")
+
+
+# Peak rate per 256 images and weight decay of an optimizer picked against the recipe's
+# (e.g. --optimizer adamw for a ResNet): the recipe's numbers belong to its own optimizer.
+OPTIMIZER_DEFAULTS: dict[str, tuple[float, float]] = {
+    "sgd": (0.1, 1e-4),
+    "nesterov": (0.1, 1e-4),
+    "rmsprop": (0.016, 1e-5),
+    "adamw": (1e-3, 0.05),
+    "lars": (0.3, 1e-6),
+    "lamb": (1e-3, 0.05),
+}
+# Epsilon of the optimizers that have one (rmsprop's 1e-3: the TF EfficientNet recipe).
+OPTIMIZER_EPS: dict[str, float] = {"adamw": 1e-8, "rmsprop": 1e-3, "lamb": 1e-6}
+
+
+def apply_recipe(config: Config) -> Config:
+    """``config`` with every "auto" field that the recipe of ``config.arch`` decides filled in.
+
+    The peak rate follows the linear scaling rule (Goyal et al.): the recipe's rate per 256
+    images times the images per update (``batch_size x grad_accum``). The warm-up is at most a
+    tenth of the run; step schedules divide the rate by 10 every third of the run (30 of He et
+    al.'s 90 epochs), the others decay by 0.97 every 2.4 epochs (EfficientNet).
+    """
+    c = config
+    recipe = recipe_for(c.arch)
+    optimizer = c.optimizer or recipe.optimizer
+    base_lr, weight_decay = ((recipe.base_lr, recipe.weight_decay) if optimizer == recipe.optimizer
+                             else OPTIMIZER_DEFAULTS[optimizer])
+    batch_size = c.batch_size or recipe.batch_size
+    epochs = c.epochs or DATASET_EPOCHS.get(c.dataset, recipe.epochs)
+    schedule = c.schedule or recipe.schedule
+
+    def auto(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    return c.replace(
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=auto(c.lr, base_lr * batch_size * c.grad_accum / 256),
+        opt_eps=auto(c.opt_eps, OPTIMIZER_EPS.get(optimizer)),
+        schedule=schedule,
+        warmup_epochs=auto(c.warmup_epochs, min(recipe.warmup_epochs, epochs / 10)),
+        lr_decay_factor=c.lr_decay_factor or (0.1 if schedule == "step" else 0.97),
+        lr_decay_epochs=c.lr_decay_epochs or (epochs / 3 if schedule == "step" else 2.4),
+        weight_decay=auto(c.weight_decay, weight_decay),
+        label_smoothing=auto(c.label_smoothing, recipe.label_smoothing),
+        ema_decay=auto(c.ema_decay, recipe.ema_decay),
+        aux_weight=auto(c.aux_weight, recipe.aux_weight),
+    )
