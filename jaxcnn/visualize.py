@@ -419,14 +419,27 @@ def _explain(model: nn.Module, plan: _Plan, variables: Any, x: jax.Array,
 
 def _check_images(model: nn.Module, variables: Any, x: Any) -> tuple[jax.Array, dict[str, Any],
                                                                     Any]:
-    """``x`` as float32, the layers' output shapes and the logits' shape; a batch the network
-    cannot take raises :class:`InputShapeError` with the network's own explanation."""
+    """``x`` as float32 (at least), the layers' output shapes and the logits' shape; a batch the
+    network cannot take raises :class:`InputShapeError` with the network's own explanation."""
     x = jnp.asarray(x)
     x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     if x.ndim != 4:
         hint = " Add a batch axis: x[None]." if x.ndim == 3 else ""
         raise InputShapeError(f"Images must be a batch shaped (N, H, W, C) (NHWC); got shape "
                               f"{tuple(x.shape)}.{hint}")
+    leaves, tree = jax.tree.flatten(variables)
+    signature = (tree, tuple((np.shape(a), np.result_type(a)) for a in leaves))
+    layers, logits = _shapes(model, signature, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    return x, layers, logits
+
+
+@functools.lru_cache(maxsize=64)
+def _shapes(model: nn.Module, signature: tuple, x: jax.ShapeDtypeStruct
+            ) -> tuple[dict[str, Any], Any]:
+    """Layer and logit shapes for variables of this structure: traced once per signature (the
+    top-k pass and the command line ask for every batch)."""
+    tree, leaves = signature
+    variables = jax.tree.unflatten(tree, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
     try:
         layers = layer_outputs(model, variables, x)
         logits = jax.eval_shape(lambda v, i: model.apply(v, i, train=False), variables, x)
@@ -438,7 +451,7 @@ def _check_images(model: nn.Module, variables: Any, x: Any) -> tuple[jax.Array, 
             f"{type(model).__name__} cannot take images shaped {tuple(x.shape)} with these "
             f"weights ({cause}). Give images of the size and channels the network was trained "
             f"on.") from err
-    return x, layers, logits
+    return layers, logits
 
 
 def _layer(layers: dict[str, Any], name: str, model: nn.Module) -> Any:

@@ -118,8 +118,6 @@ def _converted_subject(args: argparse.Namespace, train_lib: Any) -> Subject:
 
 def load_images(args: argparse.Namespace, subject: Subject) -> tuple[np.ndarray, np.ndarray | None]:
     """The images to explain and their labels (None for image files)."""
-    from train import input_pipeline
-
     c = subject.config
     expected = (c.image_size, c.image_size, c.channels)
     if args.images:
@@ -129,6 +127,8 @@ def load_images(args: argparse.Namespace, subject: Subject) -> tuple[np.ndarray,
         if arrays:
             images = np.concatenate([_array_images(p, expected) for p in arrays])
         else:
+            from train import input_pipeline  # TensorFlow: only for image files and data sets
+
             images = input_pipeline.read_images(args.images, image_size=c.image_size,
                                                 channels=c.channels, name=c.dataset or None,
                                                 data_dir=c.data_dir)
