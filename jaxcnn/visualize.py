@@ -42,7 +42,9 @@ the rule applies to the rectifying part, ``max(x, 0)``, so ReLU6's clip at 6 kee
 gradient. Other activations keep their own gradient: SiLU (EfficientNet) and hard-swish and
 hard-sigmoid (MobileNetV3) are not rectifiers, and the ReLU6 inside hard-sigmoid belongs to
 that activation, not to the network. In SiLU networks the deconvnet and guided backpropagation
-therefore equal the gradient except in their squeeze-excitation ReLUs.
+therefore equal the gradient (EfficientNet's squeeze-excitation uses SiLU too). The
+interpreter enters jitted and closed calls; a rectifier inside ``lax.scan``, ``cond`` or
+``remat`` (no network of the zoo has one) would keep its gradient.
 
 Where Captum differs, and what we follow
 ----------------------------------------

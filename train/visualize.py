@@ -495,7 +495,8 @@ def _draw_evolution(path, arrays, layer, subject) -> None:
     ax.set_xlabel("steps " + ", ".join(map(str, arrays["steps"])), fontsize=7)
     ax.set_ylabel(f"maps {', '.join(map(str, arrays['channels']))} of {layer}",
                   fontsize=7)
-    ax.set_title(f"strongest projection per checkpoint: {subject.describe}", fontsize=7)
+    ax.set_title(f"strongest projection at each checkpoint: {subject.config.arch} in "
+                 f"{subject.checkpoints.directory}", fontsize=7)
     _save(fig, path)
 
 
@@ -564,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="images per network call")
     parser.add_argument("--out", help="output directory (default: WORKDIR/visualize or "
                         "./visualize)")
+    parser.add_argument("--arrays", action=argparse.BooleanOptionalAction, default=True,
+                        help="save the arrays as .npy beside the picture (default: on)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="progress bar over the split (default: on)")
     return parser
@@ -596,11 +599,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.makedirs(out_dir, exist_ok=True)
     names = [args.method if name == args.method else f"{args.method}_{name}" for name in arrays]
+    names = names if args.arrays else []
     for name, array in zip(names, arrays.values()):
         np.save(os.path.join(out_dir, f"{name}.npy"), np.asarray(array))
     draw(png)
-    print(f"wrote {png} and {', '.join(n + '.npy' for n in names)} to {out_dir}",
-          file=sys.stderr)
+    print(f"wrote {png}" + "".join(f", {n}.npy" for n in names), file=sys.stderr)
     return 0
 
 
