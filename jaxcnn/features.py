@@ -18,11 +18,19 @@ import jax
 import jax.numpy as jnp
 
 
+def top_level_layer(module: nn.Module, method_name: str) -> str | None:
+    """The layer name when this is a call of a top-level layer (what this module names a
+    layer), else ``None``: how interceptors (:func:`flax.linen.intercept_methods`) find one."""
+    if method_name == "__call__" and len(module.path) == 1:
+        return module.path[0]
+    return None
+
+
 def _top_level_filter(layers: Sequence[str]):
     wanted = set(layers)
 
     def keep(module: nn.Module, method_name: str) -> bool:
-        return (method_name == "__call__" and len(module.path) == 1 and module.path[0] in wanted)
+        return top_level_layer(module, method_name) in wanted
 
     return keep
 
@@ -58,20 +66,30 @@ def extract_features(
 
 def feature_layer_names(model: nn.Module, variables: Any, x: jax.Array) -> list[str]:
     """The top-level layer names of ``model``, in call order."""
-    names: list[str] = []
+    return list(layer_outputs(model, variables, x))
+
+
+def layer_outputs(model: nn.Module, variables: Any, x: jax.Array) -> dict[str, Any]:
+    """``{layer name: output of its first call}`` for every top-level layer, in call order,
+    as shapes (``jax.ShapeDtypeStruct``; nothing runs). Outputs need not be arrays."""
+    outputs: dict[str, Any] = {}
 
     def record(next_fun, args, kwargs, context):
-        mod = context.module
-        if context.method_name == "__call__" and len(mod.path) == 1 and mod.path[0] not in names:
-            names.append(mod.path[0])
-        return next_fun(*args, **kwargs)
+        out = next_fun(*args, **kwargs)
+        name = top_level_layer(context.module, context.method_name)
+        if name is not None and name not in outputs:
+            outputs[name] = out
+        return out
 
     def run(v, x):
+        outputs.clear()
         with nn.intercept_methods(record):
-            return model.apply(v, x, train=False)
+            model.apply(v, x, train=False)
+        return dict(outputs)
 
-    jax.eval_shape(run, variables, jax.ShapeDtypeStruct(x.shape, jnp.float32))
-    return names
+    shapes = jax.eval_shape(run, variables, jax.ShapeDtypeStruct(x.shape, jnp.float32))
+    # eval_shape returns dicts with sorted keys; the call order is the recording's.
+    return {name: shapes[name] for name in outputs}
 
 
 def feature_layers(model: nn.Module, variables: Any, x: jax.Array) -> dict[str, tuple[int, ...]]:

@@ -65,7 +65,26 @@ def check_transfer_learning(nb) -> None:
     assert _images(nb) == 1  # the accuracy plot
 
 
-CHECKS = {"quickstart": check_quickstart, "transfer_learning": check_transfer_learning}
+def check_understanding(nb) -> None:
+    text = _printed(nb)
+    accuracy = re.search(r"Final test accuracy of lenet5 on mnist_sample .*top-1 ([\d.]+)%", text)
+    assert accuracy and float(accuracy.group(1)) > 80, text  # three epochs: 95% when written
+    assert "(1000, 32, 32, 1) test digits" in text
+    assert "conv1 filters: (5, 5, 1, 6)" in text
+    # Receptive fields from the geometry: 5x5 convolution; then 2x2 pooling and another 5x5
+    # convolution: 5 + 1 + 2 * 4 = 14.
+    assert "conv1 receptive field: 5x5 pixels" in text
+    assert "conv2 receptive field: 14x14 pixels" in text
+    assert "grad_cam (6, 10, 10)" in text and "deconvnet (6, 32, 32, 1)" in text
+    # Hiding a corner of a centred digit hardly matters; hiding its strokes does.
+    corner, lowest = map(float, re.search(
+        r"corner hidden: ([\d.]+); at the most sensitive position: ([\d.]+)", text).groups())
+    assert corner > 0.6 and lowest < corner / 2, (corner, lowest)
+    assert _images(nb) == 5  # filters, two top-9 grids, the four methods, occlusion
+
+
+CHECKS = {"quickstart": check_quickstart, "transfer_learning": check_transfer_learning,
+          "understanding": check_understanding}
 
 
 def test_every_notebook_has_a_check():

@@ -376,9 +376,9 @@ def _read(src: _Source, split: str, process_index: int, process_count: int, *,
     return ds, _read_count(src, split, process_index, process_count)
 
 
-def _normaliser(src: _Source, channels: int):
-    mean = np.asarray(src.info.mean, np.float32)
-    std = np.asarray(src.info.std, np.float32)
+def _normaliser(mean: tuple[float, ...], std: tuple[float, ...], channels: int):
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
     if len(mean) != channels:  # 1 -> 3 repeats the grey; 3 -> 1 averages the channels.
         mean = np.full(channels, mean.mean(), np.float32)
         std = np.full(channels, std.mean(), np.float32)
@@ -443,7 +443,7 @@ def train_iterator(
     if not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed={seed!r} must be an integer.")
     native_c = src.info.image_shape[2]
-    normalise = _normaliser(src, channels)
+    normalise = _normaliser(src.info.mean, src.info.std, channels)
     num_classes = src.info.num_classes
 
     ds, num_local = _read(src, src.info.train_split, process_index, process_count,
@@ -505,19 +505,24 @@ def eval_iterator(
     process_index: int = 0,
     process_count: int = 1,
     channels: int | None = None,
+    split: str | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """One pass over the evaluation split, split across processes, in a fixed order.
 
     Each process yields ``ceil(ceil(num_eval / process_count) / local_batch)`` batches (the same
     number everywhere, so collective eval steps line up); the last ones are padded with zero
     images of label 0 and ``mask`` False. Summing over ``mask`` counts every example once.
+    ``split`` reads another split the same way, unaugmented (``"train"``: what a network saw).
     """
     src = _open(name, data_dir)
     local_batch = _local_batch(global_batch_size, process_index, process_count)
     image_size = _check_size(image_size)
     channels = _check_channels(channels, src)
-    normalise = _normaliser(src, channels)
-    split = src.info.eval_split
+    normalise = _normaliser(src.info.mean, src.info.std, channels)
+    splits = (src.info.train_split, src.info.eval_split)
+    if split is not None and split not in splits:
+        raise DatasetError(f"{name} has no split {split!r} to read; use {' or '.join(splits)}.")
+    split = split or src.info.eval_split
 
     ds, num_local = _read(src, split, process_index, process_count, shuffle_seed=None)
     # Every process must run the same number of steps: the largest share sets it.
@@ -542,3 +547,28 @@ def eval_iterator(
     ds = _options(ds.prefetch(tf.data.AUTOTUNE))
     return iter(tfds.as_numpy(ds))
 
+
+def read_images(paths: list[str], *, image_size: int, channels: int, name: str | None = None,
+                data_dir: str | None = None) -> np.ndarray:
+    """Image files (JPEG, PNG, BMP, GIF) as a batch the network takes, preprocessed as the
+    evaluation images of data set ``name`` are: images larger than ``image_size`` get the
+    evaluation centre crop, smaller ones are brought to size whole (:func:`train.augment.fit`),
+    then normalised with the data set's statistics (ImageNet's without ``name``)."""
+    image_size = _check_size(image_size)
+    info = None if name is None else _open(name, data_dir).info
+    normalise = _normaliser(info.mean if info else _IMAGENET_MEAN,
+                            info.std if info else _IMAGENET_STD, channels)
+    images = []
+    for path in paths:
+        try:
+            data = tf.io.read_file(path)
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as err:
+            raise DatasetError(f"{path}: not a readable image ({err.message.splitlines()[0]}). "
+                               f"Give JPEG, PNG, BMP or GIF files.") from err
+        if max(image.shape[:2]) > image_size:
+            image = aug.centre_crop(image, image_size, encoded=False, channels=3)
+        else:
+            image = aug.fit(image, image_size)
+        images.append(normalise(image).numpy())
+    return np.stack(images).astype(np.float32)
