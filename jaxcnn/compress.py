@@ -11,7 +11,7 @@ the final ``kernel`` (``conv1``, ``block3_conv2/conv``, ``head``).
 
 1. **Pruning** (:func:`magnitude_masks`): per layer, the weights of smallest magnitude go, either
    a target fraction of them (``sparsity``, exact by rank) or those below ``quality`` times the
-   standard deviation of the layer's weights (Han et al. 2015, sec. 3.3). :func:`keep_pruned` is
+   standard deviation of the layer's weights (Han et al. 2015's rule). :func:`keep_pruned` is
    the Optax transformation that holds the masks in the optimizer state (so they are
    checkpointed and placed with it) and, last in the chain, turns the update of every pruned
    weight into ``-w``: the weight is exactly zero after every step, whatever momentum or
@@ -99,8 +99,13 @@ def layer_kind(shape: tuple[int, ...]) -> str:
 def compressible_layers(params: Any) -> dict[str, tuple[int, ...]]:
     """Layer name -> kernel shape, in the order of the parameter tree: every parameter of rank 2
     or more (the arrays the trainer's weight decay applies to)."""
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {layer_name(_keys(path)): tuple(leaf.shape) for path, leaf in leaves
+    return {name: tuple(kernel.shape) for name, kernel in kernels(params).items()}
+
+
+def kernels(params: Any) -> dict[str, Any]:
+    """Layer name -> kernel, for every compressible layer of ``params``."""
+    return {layer_name(_keys(path)): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
             if len(leaf.shape) >= 2}
 
 
@@ -125,6 +130,7 @@ def per_layer(spec: Any, layers: Mapping[str, tuple[int, ...]], what: str) -> di
 
 
 def check_bits(bits: Mapping[str, int], what: str = "bits") -> None:
+    """Raises :class:`CompressionError` unless every width is a whole number of 1 to 16."""
     for name, b in bits.items():
         if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= MAX_BITS:
             raise CompressionError(f"{what} of {name} must be a whole number from 1 to "
@@ -132,63 +138,114 @@ def check_bits(bits: Mapping[str, int], what: str = "bits") -> None:
 
 
 def check_fractions(values: Mapping[str, float], what: str = "sparsity") -> None:
+    """Raises :class:`CompressionError` unless every fraction is in [0, 1)."""
     for name, s in values.items():
         if not (isinstance(s, (int, float, np.floating)) and 0 <= s < 1):
             raise CompressionError(f"{what} of {name} must be in [0, 1) (the fraction of its "
                                    f"weights removed); got {s!r}.")
 
 
+class PaperRow(NamedTuple):
+    """A row of the paper's Tables 2-5: the layer's name there, the fraction of its weights
+    kept, weight bits after quantisation (P+Q) and Huffman coding (P+Q+H), index bits likewise,
+    and its size after P+Q and P+Q+H over its dense size."""
+
+    name: str
+    kept: float
+    weight_bits: int
+    coded_weight_bits: float
+    index_bits: int
+    coded_index_bits: float
+    rate_quantized: float
+    rate_coded: float
+
+
 @dataclasses.dataclass(frozen=True)
 class PaperTable:
-    """One of the paper's per-layer tables: our layer name -> (the paper's name, fraction of
-    weights kept, weight bits), the index bits, and the network's sizes (MB) and ratio."""
+    """One of the paper's per-layer tables, by our layer names, with its total row and the
+    network's sizes (MB) and compression of its Table 1."""
 
     table: str
-    layers: dict[str, tuple[str, float, int]]
-    index_bits: int
+    layers: dict[str, PaperRow]
+    total: PaperRow
     dense_mb: float
     compressed_mb: float
     ratio: float
 
     @property
-    def kept(self) -> dict[str, float]:
-        return {name: kept for name, (_, kept, _) in self.layers.items()}
-
-    @property
     def sparsity(self) -> dict[str, float]:
-        return {name: round(1.0 - kept, 4) for name, kept in self.kept.items()}
+        return {name: round(1.0 - row.kept, 4) for name, row in self.layers.items()}
+
+    def rows_rate(self, weights: Mapping[str, int]) -> float:
+        """The P+Q+H rate the table's rows add up to over layers of these sizes (Table 3's
+        rows give 2.73%, its total row says 2.55%)."""
+        return (sum(row.rate_coded * weights[name] for name, row in self.layers.items())
+                / sum(weights[name] for name in self.layers))
 
     @property
     def bits(self) -> dict[str, int]:
-        return {name: bits for name, (_, _, bits) in self.layers.items()}
+        return {name: row.weight_bits for name, row in self.layers.items()}
+
+    @property
+    def index_bits(self) -> dict[str, int]:
+        return {name: row.index_bits for name, row in self.layers.items()}
 
 
-def _vgg16_layers() -> dict[str, tuple[str, float, int]]:
-    kept = {(1, 1): .58, (1, 2): .22, (2, 1): .34, (2, 2): .36, (3, 1): .53, (3, 2): .24,
-            (3, 3): .42, (4, 1): .32, (4, 2): .27, (4, 3): .34, (5, 1): .35, (5, 2): .29,
-            (5, 3): .36}
-    layers = {f"block{b}_conv{c}/conv": (f"conv{b}_{c}", k, 8) for (b, c), k in kept.items()}
-    return {**layers, "fc1": ("fc6", .04, 5), "fc2": ("fc7", .04, 5), "head": ("fc8", .23, 5)}
+def _rows(names: list[str], rows: str) -> dict[str, PaperRow]:
+    """Our layer names and the paper's rows, typed as printed: name, kept %, weight bits P+Q
+    and P+Q+H, index bits P+Q and P+Q+H, rate P+Q and P+Q+H (%)."""
+    out = {}
+    for ours, line in zip(names, rows.strip().splitlines(), strict=True):
+        name, kept, wb, cwb, ib, cib, rq, rc = line.split()
+        out[ours] = PaperRow(name, float(kept) / 100, int(wb), float(cwb), int(ib), float(cib),
+                             float(rq) / 100, float(rc) / 100)
+    return out
 
 
+_VGG16 = [f"block{b}_conv{c}/conv" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+          for c in range(1, n + 1)] + ["fc1", "fc2", "head"]
 DC = "Han, Mao & Dally 2016, Deep Compression"
 PAPER: dict[str, PaperTable] = {
-    "lenet_300_100": PaperTable(
-        f"{DC}, Table 2", {"fc1": ("ip1", .08, 6), "fc2": ("ip2", .09, 6),
-                           "head": ("ip3", .26, 6)},
-        index_bits=5, dense_mb=1.070, compressed_mb=0.027, ratio=40),
-    "lenet5_caffe": PaperTable(
-        f"{DC}, Table 3", {"conv1": ("conv1", .66, 8), "conv2": ("conv2", .12, 8),
-                           "fc1": ("ip1", .08, 5), "head": ("ip2", .19, 5)},
-        index_bits=5, dense_mb=1.720, compressed_mb=0.044, ratio=39),
-    "alexnet_paper": PaperTable(
-        f"{DC}, Table 4", {"conv1": ("conv1", .84, 8), "conv2": ("conv2", .38, 8),
-                           "conv3": ("conv3", .35, 8), "conv4": ("conv4", .37, 8),
-                           "conv5": ("conv5", .37, 8), "fc6": ("fc6", .09, 5),
-                           "fc7": ("fc7", .09, 5), "head": ("fc8", .25, 5)},
-        index_bits=4, dense_mb=240, compressed_mb=6.9, ratio=35),
-    "vgg16": PaperTable(f"{DC}, Table 5", _vgg16_layers(), index_bits=5, dense_mb=552,
-                        compressed_mb=11.3, ratio=49),
+    "lenet_300_100": PaperTable(f"{DC}, Table 2", _rows(["fc1", "fc2", "head"], """
+        ip1 8 6 4.4 5 3.7 3.1 2.32
+        ip2 9 6 4.4 5 4.3 3.8 3.04
+        ip3 26 6 4.3 5 3.2 15.7 12.70"""),
+        PaperRow("total", .08, 6, 5.1, 5, 3.7, .031, .0249), 1.070, 0.027, 40),
+    "lenet5_caffe": PaperTable(f"{DC}, Table 3", _rows(["conv1", "conv2", "fc1", "head"], """
+        conv1 66 8 7.2 5 1.5 78.5 67.45
+        conv2 12 8 7.2 5 3.9 6.0 5.28
+        ip1 8 5 4.5 5 4.5 2.7 2.45
+        ip2 19 5 5.2 5 3.7 6.9 6.13"""),
+        PaperRow("total", .08, 5.3, 4.1, 5, 4.4, .0305, .0255), 1.720, 0.044, 39),
+    "alexnet_paper": PaperTable(f"{DC}, Table 4", _rows(
+        ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "head"], """
+        conv1 84 8 6.3 4 1.2 32.6 20.53
+        conv2 38 8 5.5 4 2.3 14.5 9.43
+        conv3 35 8 5.1 4 2.6 13.1 8.44
+        conv4 37 8 5.2 4 2.5 14.1 9.11
+        conv5 37 8 5.6 4 2.5 14.0 9.43
+        fc6 9 5 3.9 4 3.2 3.0 2.39
+        fc7 9 5 3.6 4 3.7 3.0 2.46
+        fc8 25 5 4 4 3.2 7.3 5.85"""),
+        PaperRow("total", .11, 5.4, 4, 4, 3.2, .037, .0288), 240, 6.9, 35),
+    "vgg16": PaperTable(f"{DC}, Table 5", _rows(_VGG16, """
+        conv1_1 58 8 6.8 5 1.7 40.0 29.97
+        conv1_2 22 8 6.5 5 2.6 9.8 6.99
+        conv2_1 34 8 5.6 5 2.4 14.3 8.91
+        conv2_2 36 8 5.9 5 2.3 14.7 9.31
+        conv3_1 53 8 4.8 5 1.8 21.7 11.15
+        conv3_2 24 8 4.6 5 2.9 9.7 5.67
+        conv3_3 42 8 4.6 5 2.2 17.0 8.96
+        conv4_1 32 8 4.6 5 2.6 13.1 7.29
+        conv4_2 27 8 4.2 5 2.9 10.9 5.93
+        conv4_3 34 8 4.4 5 2.5 14.0 7.47
+        conv5_1 35 8 4.7 5 2.5 14.3 8.00
+        conv5_2 29 8 4.6 5 2.7 11.7 6.52
+        conv5_3 36 8 4.6 5 2.3 14.8 7.79
+        fc6 4 5 3.6 5 3.5 1.6 1.10
+        fc7 4 5 4 5 4.3 1.5 1.25
+        fc8 23 5 4 5 3.4 7.1 5.24"""),
+        PaperRow("total", .075, 6.4, 4.1, 5, 3.1, .032, .0205), 552, 11.3, 49),
 }
 """The networks of the paper's tables, by our variant name (Caffe's AlexNet, with its two
 groups, is ``alexnet_paper``; the paper's LeNet-5 is Caffe's, ``lenet5_caffe``)."""
@@ -302,15 +359,16 @@ class Shared(NamedTuple):
     indices: np.ndarray  # the kernel's shape, int32
 
 
-def kmeans_1d(values: np.ndarray, clusters: int, *, max_iter: int = 300
+def kmeans_1d(values: np.ndarray, clusters: int, *, max_iter: int = 2000
               ) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means in one dimension with linear initialisation: ``(centroids, labels)``,
     the centroids sorted, float32.
 
     The values are sorted once; then every cluster is a run of the sorted values between two
     midpoints of consecutive centroids, found by binary search, and its sum comes from float64
-    prefix sums, so that a Lloyd step costs O(k log n) rather than O(n k). A centroid left with
-    no member keeps its place. Stops when no boundary moves."""
+    prefix sums, so that a Lloyd step costs O(k log n) rather than O(n k) (Lloyd may need
+    hundreds of steps). A centroid left with no member keeps its place. Stops when no boundary
+    moves, or after ``max_iter`` steps."""
     values = np.asarray(values, np.float32).ravel()
     if values.size == 0:
         return np.zeros(clusters, np.float32), np.zeros(0, np.int32)
@@ -356,11 +414,10 @@ def quantize(params: Any, bits: Mapping[str, int] | int,
              progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict[str, Shared]:
     """Every layer that ``bits`` reaches (:func:`per_layer`), quantised: layer name -> Shared.
     ``progress`` wraps the iteration over the layers (a tqdm, for big networks)."""
-    flat = {layer_name(_keys(path)): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    layers = kernels(params)
     widths = per_layer(bits, compressible_layers(params), "bits")
     check_bits(widths)
-    return {name: quantize_layer(np.asarray(flat[name]), b)
+    return {name: quantize_layer(np.asarray(layers[name]), b)
             for name, b in progress(list(widths.items()))}
 
 
@@ -384,6 +441,19 @@ class SharedState(NamedTuple):
     codebooks: Any
     indices: Any
     inner: Any
+
+
+def shared_layers(params: Any, state: SharedState) -> dict[str, Shared]:
+    """The quantised layers a :func:`share_weights` state holds, by layer name (NumPy)."""
+    found = {}
+
+    def collect(name: str | None, p: Any, codebook: Any, indices: Any) -> Any:
+        if name is not None and np.ndim(indices):
+            found[name] = Shared(np.asarray(codebook), np.asarray(indices))
+        return p
+
+    map_layers(collect, params, state.codebooks, state.indices)
+    return found
 
 
 def share_weights(inner: optax.GradientTransformation, bits: Mapping[str, int] | int
@@ -866,62 +936,92 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def table_rows(stats: FileStats, paper: PaperTable | None = None) -> list[dict[str, Any]]:
-    """One row per compressed layer and a total, with the columns of the paper's Tables 2-5
-    (and the paper's kept fraction of the layer where ``paper`` names it)."""
+    """One row per compressed layer and a total, with the columns of the paper's Tables 2-5,
+    and the paper's own row (``"paper"``) where ``paper`` has the layer."""
     rows = []
     for layer in stats.layers:
-        paper_layer = paper.layers.get(layer.name) if paper else None
+        row = paper.layers.get(layer.name) if paper else None
         rows.append({
-            "layer": layer.name, "paper_layer": paper_layer[0] if paper_layer else None,
-            "weights": layer.weights, "kept_fraction": layer.kept_fraction,
-            "paper_kept_fraction": paper_layer[1] if paper_layer else None,
+            "layer": layer.name, "weights": layer.weights, "kept_fraction": layer.kept_fraction,
             "weight_bits": layer.weight_bits, "coded_weight_bits": layer.coded_weight_bits,
             "index_bits": layer.index_bits, "coded_index_bits": layer.coded_index_bits,
             "rate_quantized": layer.rate_quantized, "rate_coded": layer.rate_coded,
-            "bytes": layer.bytes})
-    total = stats.totals()
-    rows.append({"layer": "total", "paper_layer": None, **total,
-                 "paper_kept_fraction": None,
-                 "bytes": sum(layer.bytes for layer in stats.layers)})
+            "bytes": layer.bytes, "paper": row._asdict() if row else None})
+    rows.append({"layer": "total", **stats.totals(),
+                 "bytes": sum(layer.bytes for layer in stats.layers),
+                 "paper": paper.total._asdict() if paper else None})
     return rows
 
 
-def format_table(stats: FileStats, paper: PaperTable | None = None) -> str:
-    """The paper's per-layer table of a compressed file, then where the rest of its bytes go."""
+def _table_cells(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The header and one line of cells per row of :func:`table_rows` (the paper's figure in
+    brackets where the row has it)."""
 
-    def rate(r: float) -> str:
-        return f"{100 * r:.2f}% ({1 / r:.0f}x)" if r else "-"
+    def cell(row: dict[str, Any], key: str, form: Callable[[float], str],
+             paper_key: str | None = None) -> str:
+        ours = form(row[key])
+        return f"{ours} ({form(row['paper'][paper_key or key])})" if row["paper"] else ours
 
-    head = ("layer", "weights", "kept %", "paper %", "w bits P+Q", "+H", "idx bits P+Q", "+H",
-            "rate P+Q", "rate P+Q+H")
-    lines = [head]
-    for row in table_rows(stats, paper):
-        paper_kept = row["paper_kept_fraction"]
-        name = row["layer"] + (f" ({row['paper_layer']})" if row["paper_layer"] and
-                               row["paper_layer"] != row["layer"] else "")
+    def percent(x: float) -> str:
+        return f"{100 * x:.3g}"
+
+    def bits(x: float) -> str:
+        return f"{x:.2g}" if x < 10 else f"{x:.0f}"
+
+    def rate(x: float) -> str:
+        return f"{100 * x:.2f}% {1 / x:.0f}x" if x else "-"
+
+    lines = [("layer", "weights", "kept %", "weight bits P+Q", "+H", "index bits P+Q", "+H",
+              "rate P+Q", "rate P+Q+H")]
+    for row in rows:
+        paper_name = row["paper"]["name"] if row["paper"] else row["layer"]
         lines.append((
-            name, f"{row['weights']:,}", f"{100 * row['kept_fraction']:.1f}",
-            f"{100 * paper_kept:.0f}" if paper_kept is not None else "",
-            f"{row['weight_bits']:.3g}", f"{row['coded_weight_bits']:.1f}",
-            f"{row['index_bits']:.3g}", f"{row['coded_index_bits']:.1f}",
-            rate(row["rate_quantized"]), rate(row["rate_coded"])))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+            row["layer"] + (f" ({paper_name})" if paper_name != row["layer"] else ""),
+            f"{row['weights']:,}", cell(row, "kept_fraction", percent, "kept"),
+            cell(row, "weight_bits", bits), cell(row, "coded_weight_bits", bits),
+            cell(row, "index_bits", bits), cell(row, "coded_index_bits", bits),
+            cell(row, "rate_quantized", rate), cell(row, "rate_coded", rate)))
+    return lines
+
+
+def _table_notes(stats: FileStats, paper: PaperTable | None) -> list[str]:
+    """Where the file's other bytes go, and the paper's sizes."""
+    layer_bytes = sum(layer.bytes for layer in stats.layers)
+    notes = []
+    if paper:
+        rows_rate = paper.rows_rate({layer.name: layer.weights for layer in stats.layers})
+        notes.append(f"In brackets: {paper.table}; its per-layer rates add up to "
+                     f"{100 * rows_rate:.2f}% ({1 / rows_rate:.1f}x) over these layers.")
+    notes += [
+        f"Kernels, coded: {layer_bytes:,} bytes; biases and other dense variables "
+        f"({stats.dense_values:,} float32): {stats.dense_bytes:,} bytes; header and "
+        f"metadata: {stats.header_bytes:,} bytes.",
+        f"File: {stats.file_bytes:,} bytes for {stats.values:,} numbers "
+        f"({4 * stats.values:,} bytes as float32): {stats.ratio:.1f}x smaller"
+        + (f" (paper: {paper.dense_mb:g} MB -> {paper.compressed_mb:g} MB, {paper.ratio:g}x)."
+           if paper else "."),
+    ]
+    return notes
+
+
+def format_table(stats: FileStats, paper: PaperTable | None = None) -> str:
+    """The paper's per-layer table of a compressed file, aligned for a terminal, then where the
+    rest of the file's bytes go."""
+    lines = _table_cells(table_rows(stats, paper))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     text = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                       for i, (cell, w) in enumerate(zip(line, widths))) for line in lines]
-    text.insert(1, "-" * len(text[0]))
-    text.insert(len(text) - 1, "-" * len(text[0]))
-    layer_bytes = sum(layer.bytes for layer in stats.layers)
-    text += [
-        "",
-        f"kernels, coded: {layer_bytes:,} bytes; biases and other dense variables "
-        f"({stats.dense_values:,} float32): {stats.dense_bytes:,} bytes; header and "
-        f"metadata: {stats.header_bytes:,} bytes",
-        f"file: {stats.file_bytes:,} bytes for {stats.values:,} numbers "
-        f"({4 * stats.values:,} bytes as float32): {stats.ratio:.1f}x smaller"
-        + (f" (paper: {paper.dense_mb:g} MB -> {paper.compressed_mb:g} MB, {paper.ratio:g}x; "
-           f"{paper.table})" if paper else ""),
-    ]
-    return "\n".join(text)
+    rule = "-" * len(text[0])
+    return "\n".join([text[0], rule, *text[1:-1], rule, text[-1], *_table_notes(stats, paper)])
+
+
+def markdown_table(stats: FileStats, paper: PaperTable | None = None) -> str:
+    """:func:`format_table` in Markdown, for a README."""
+    lines = _table_cells(table_rows(stats, paper))
+    text = ["| " + " | ".join(line) + " |" for line in lines]
+    text.insert(1, "|" + "|".join(["---"] + ["---:"] * (len(lines[0]) - 1)) + "|")
+    text[-1] = "| " + " | ".join(f"**{c}**" for c in lines[-1]) + " |"
+    return "\n".join(text + [""] + _table_notes(stats, paper))
 
 
 # ----------------------------------------------------------------------------------------------
