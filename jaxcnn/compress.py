@@ -810,8 +810,8 @@ def save(path: str | os.PathLike, variables: Mapping[str, Any], shared: Mapping[
 
     ``index_bits`` (:func:`per_layer`) is the width of the relative index of each layer. The
     file is written to a temporary name and renamed, so it is whole or absent."""
-    params_layers = compressible_layers(variables.get("params", {}))
-    widths = per_layer(index_bits, {n: params_layers[n] for n in shared}, "index bits")
+    widths = per_layer(index_bits, compressible_layers(variables.get("params", {})),
+                       "index bits")
     check_bits(widths, "index bits")
     missing = sorted(set(shared) - set(widths))
     if missing:

@@ -41,11 +41,11 @@ both take the 28x28x1 MNIST digits as they are:
   unpadded 5x5 convolutions, each followed by 2x2 max pooling and *no* activation, then ``ip1``
   (500 units, ReLU) and ``ip2`` (the classifier). The papers' per-layer tables (conv1, conv2,
   ip1, ip2) are of its four layers: here ``conv1``, ``conv2``, ``fc1`` and ``head``.
-* ``lenet_300_100``: the fully connected network of LeCun et al. 1998, sec. III-C.2 (two hidden
+* ``lenet_300_100``: the fully connected network of LeCun et al. 1998, sec. III-C (two hidden
   layers of 300 and 100 units), the first benchmark of both compression papers: 784-300-100-10
-  with ReLU (the compression papers') rather than the paper's scaled tanh. It takes exactly
-  28x28x1 images, the 784 inputs of the paper, and refuses any other shape rather than build
-  a layer of another width.
+  with ReLU, the modern choice (the 1998 units were sigmoidal; the count does not depend on
+  it). It takes exactly 28x28x1 images, the 784 inputs of the paper, and refuses any other
+  shape rather than build a layer of another width.
 
 =============  ==============================================  ===========
 variant        network                                         params
@@ -298,7 +298,7 @@ MODELS: dict[str, ModelSpec] = {
         builder=functools.partial(FullyConnected, hidden_features=(300, 100)),
         input_shape=(28, 28, 1),
         num_classes=10,
-        reference="LeCun et al. 1998, sec. III-C.2, the 300-100 network (ReLU, as in Han et al.)",
+        reference="LeCun et al. 1998, sec. III-C, the 300-100 network (with ReLU)",
         published=(
             Published(266_610, "params",
                       "computed from LeCun et al. 1998's layer sizes 784-300-100-10: "

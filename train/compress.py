@@ -238,11 +238,15 @@ class Compressor:
     # -- the retraining runs ------------------------------------------------------------------
     def retrain(self, name: str, pretrained: str, epochs: int, lr_scale: float,
                 wrap: Callable) -> str:
-        """A training run in ``OUT/name`` from ``pretrained`` with the optimizer wrapped."""
+        """A training run in ``OUT/name`` from ``pretrained`` with the optimizer wrapped.
+
+        Every layer trains (a frozen layer would keep the weights its masks remove) and no
+        weight average is kept (an average of the weights would not keep their zeros)."""
         c = self.config
         config = c.replace(workdir=os.path.join(self.out, name), pretrained=pretrained,
                            epochs=epochs, lr=c.lr * lr_scale, warmup_epochs=0.0,
-                           lr_decay_epochs=None, checkpoint_every=0)
+                           lr_decay_epochs=None, checkpoint_every=0, freeze="none",
+                           ema_decay=0.0)
         self.say(f"\n== {name}: {epochs} epochs from {pretrained} at lr {config.lr:.3g}")
         train_lib.train_and_evaluate(config, data=self.data, model_factory=self.model_factory,
                                      print_fn=self.say, wrap_optimizer=wrap)
@@ -475,10 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the paper has a table, else conv=8,fc=5)")
     parser.add_argument("--index-bits", help="relative index bits per layer, 1-16 (default: "
                         "'paper' where the paper has a table, else conv=8,fc=5)")
-    parser.add_argument("--prune-rounds", type=int, default=3,
-                        help="prune-and-retrain rounds (0: quantise unpruned) (default: 3)")
-    parser.add_argument("--retrain-epochs", type=int, default=8,
-                        help="retraining epochs per pruning round (default: 8)")
+    parser.add_argument("--prune-rounds", type=int, default=4,
+                        help="prune-and-retrain rounds (0: quantise unpruned) (default: 4)")
+    parser.add_argument("--retrain-epochs", type=int, default=12,
+                        help="retraining epochs per pruning round (default: 12)")
     parser.add_argument("--retrain-lr-scale", type=float, default=0.5,
                         help="retraining learning rate over the source run's (default: 0.5)")
     parser.add_argument("--finetune-epochs", type=int, default=4,
