@@ -1,11 +1,11 @@
 """Deep Compression's two MNIST tables on the embedded digits, end to end, in one command.
 
-``python -m train.compress_paper [--quick] [--runs runs]`` trains LeNet-300-100 and Caffe's
-LeNet-5 (``RUNS/<arch>``), compresses each with :mod:`train.compress` at the paper's per-layer
-rates (``RUNS/<arch>_deep``: the file, ``report.json``, ``report.png``), and writes both tables,
-next to the paper's Tables 2 and 3, to ``RUNS/deep_compression.md``. Every step resumes where
-it stopped. ``--quick`` runs the same pipeline at a token budget (one epoch of each training) to
-check it end to end; its figures mean nothing.
+``python -m train.compress_paper [--quick] [--runs runs] [--seed 0]`` trains LeNet-300-100 and
+Caffe's LeNet-5 (``RUNS/<arch>``, from ``--seed``), compresses each with :mod:`train.compress`
+at the paper's per-layer rates (``RUNS/<arch>_deep``: the file, ``report.json``, ``report.png``),
+and writes both tables, next to the paper's Tables 2 and 3, to ``RUNS/deep_compression.md``.
+Every step resumes where it stopped. ``--quick`` runs the same pipeline at a token budget (one
+epoch of each training) to check it end to end; its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs", help="where the runs go (default: runs)")
     parser.add_argument("--quick", action="store_true",
                         help="one epoch per training: checks the pipeline, not the figures")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the two trainings, which the compression runs inherit "
+                             "(default: 0); give each seed its own --runs")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
     runs = os.path.join(args.runs, "deep_compression_quick") if args.quick else args.runs
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = []
     for arch, (title, flags) in NETWORKS.items():
         workdir = os.path.join(runs, arch)
-        code = train_main.main(["--arch", arch, "--workdir", workdir, *progress,
+        code = train_main.main(["--arch", arch, "--workdir", workdir, "--seed", str(args.seed),
+                                *progress,
                                 *(QUICK["train"] if args.quick else [])])
         if code:
             return code
