@@ -332,11 +332,13 @@ class Classifier(nn.Module, kw_only=True):
         """The smallest square input (pixels a side) the network admits."""
         raise NotImplementedError(f"{type(self).__name__} does not declare its min_size")
 
-    def check_input(self, x: jax.Array, *, model: str | None = None, fixed: bool = False
-                    ) -> jax.Array:
-        """The batch ``x`` checked against the network's ``min_size`` (:func:`check_image`, whose
-        error names ``model``) and cast to the compute dtype: how every ``__call__`` begins."""
-        check_image(x, min_size=self.min_size, model=model or type(self).__name__, fixed=fixed)
+    def check_input(self, x: jax.Array, *, model: str | None = None, fixed: bool = False,
+                    channels: int | None = None) -> jax.Array:
+        """The batch ``x`` checked against the network's ``min_size`` (and ``channels`` when
+        given; :func:`check_image`, whose error names ``model``) and cast to the compute dtype:
+        how every ``__call__`` begins."""
+        check_image(x, min_size=self.min_size, model=model or type(self).__name__, fixed=fixed,
+                    channels=channels)
         return x.astype(self.dtype)
 
     def norm_layer(self, *, momentum: float = 0.9, epsilon: float = 1e-5, use_scale: bool = True

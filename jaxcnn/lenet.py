@@ -33,11 +33,27 @@ two 5x5 convolutions (6 and 16 maps, fully connected), parameter-free pooling, a
 d2l.ai; ``padding=0`` (the default) takes the paper's 32x32 frame. The count does not depend on
 the padding, the activation or the pooling.
 
+Two networks of the model-compression papers (Han et al. 2015, "Learning both Weights and
+Connections for Efficient Neural Networks", and 2016, "Deep Compression") complete the family;
+both take the 28x28x1 MNIST digits as they are:
+
+* ``lenet5_caffe``: what those papers call LeNet-5, Caffe's ``examples/mnist`` LeNet: 20 and 50
+  unpadded 5x5 convolutions, each followed by 2x2 max pooling and *no* activation, then ``ip1``
+  (500 units, ReLU) and ``ip2`` (the classifier). The papers' per-layer tables (conv1, conv2,
+  ip1, ip2) are of its four layers: here ``conv1``, ``conv2``, ``fc1`` and ``head``.
+* ``lenet_300_100``: the fully connected network of LeCun et al. 1998, sec. III-C (two hidden
+  layers of 300 and 100 units), the first benchmark of both compression papers: 784-300-100-10
+  with ReLU, the modern choice (the 1998 units were sigmoidal; the count does not depend on
+  it). It takes exactly 28x28x1 images, the 784 inputs of the paper, and refuses any other
+  shape rather than build a layer of another width.
+
 =============  ==============================================  ===========
 variant        network                                         params
 =============  ==============================================  ===========
 lenet5_1998    LeCun et al. 1998 (reference: the paper)            60,000
 lenet5         modern LeNet-5, ReLU, max pooling                   61,706
+lenet5_caffe   Caffe's MNIST LeNet (Han et al.'s "LeNet-5")       431,080
+lenet_300_100  LeCun et al. 1998 fully connected 300-100          266,610
 =============  ==============================================  ===========
 """
 
@@ -181,28 +197,62 @@ class LeNet5_1998(layers.Classifier):
 
 
 class LeNet5(layers.Classifier):
-    """The modern LeNet-5: full C3, parameter-free max pooling, dense 400-120-84-classes."""
+    """LeNet-5 as most code has it: two 5x5 convolutions, each followed by 2x2 max pooling, a
+    flatten and dense layers; by default the modern one (6 and 16 maps, dense 400-120-84-classes).
+
+    ``frame``: the input size (before ``padding``) the flatten is designed for: 32 for the
+    modern LeNet-5, 28 for Caffe's; ``conv_activation=False`` leaves the convolutions linear,
+    as Caffe's LeNet does.
+    """
 
     padding: int = 0
     activation: Callable[[jax.Array], jax.Array] = nn.relu
+    conv_features: tuple[int, int] = (6, 16)
+    hidden_features: tuple[int, ...] = (120, 84)
+    conv_activation: bool = True
+    frame: int = 32
     num_classes: int = dataclasses.field(default=10, kw_only=True)
 
     @property
     def min_size(self) -> int:
-        """The one input size the flatten to 16x5x5 admits: 32 unpadded, 28 with padding 2."""
-        return 32 - 2 * self.padding
+        """The one input size the flatten admits: 32 unpadded, 28 with padding 2 (modern);
+        28 for Caffe's."""
+        return self.frame - 2 * self.padding
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = self.check_input(x, model="LeNet-5", fixed=True)
         conv = functools.partial(nn.Conv, kernel_size=(5, 5), dtype=self.dtype)
-        x = self.activation(conv(6, padding=layers.pair_padding(self.padding), name="conv1")(x))
+        after_conv = self.activation if self.conv_activation else (lambda y: y)
+        first, second = self.conv_features
+        x = after_conv(conv(first, padding=layers.pair_padding(self.padding), name="conv1")(x))
         x = nn.max_pool(x, (2, 2), (2, 2))
-        x = self.activation(conv(16, padding="VALID", name="conv2")(x))
+        x = after_conv(conv(second, padding="VALID", name="conv2")(x))
         x = nn.max_pool(x, (2, 2), (2, 2))
         x = x.reshape(x.shape[0], -1)
-        x = self.activation(nn.Dense(120, dtype=self.dtype, name="fc1")(x))
-        x = self.activation(nn.Dense(84, dtype=self.dtype, name="fc2")(x))
+        for i, features in enumerate(self.hidden_features, 1):
+            x = self.activation(nn.Dense(features, dtype=self.dtype, name=f"fc{i}")(x))
+        return self.forward_head(x, train=train, pool=False)
+
+
+class FullyConnected(layers.Classifier):
+    """A fully connected network on the flattened image: ``hidden_features`` ReLU layers, then
+    the classifier. Takes exactly ``image_shape`` (the input width is part of the network)."""
+
+    hidden_features: tuple[int, ...] = (300, 100)
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+    num_classes: int = dataclasses.field(default=10, kw_only=True)
+
+    @property
+    def min_size(self) -> int:
+        return self.image_shape[0]
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        x = self.check_input(x, model="LeNet-300-100", fixed=True, channels=self.image_shape[2])
+        x = x.reshape(x.shape[0], -1)
+        for i, features in enumerate(self.hidden_features, 1):
+            x = nn.relu(nn.Dense(features, dtype=self.dtype, name=f"fc{i}")(x))
         return self.forward_head(x, train=train, pool=False)
 
 
@@ -226,6 +276,36 @@ MODELS: dict[str, ModelSpec] = {
             Published(61_706, "params",
                       "computed from the modern LeNet-5's layer sizes, the total Keras' "
                       "model.summary() prints for it (docs/sources.md sec. 3.6)"),
+        ),
+    ),
+    "lenet5_caffe": ModelSpec(
+        builder=functools.partial(LeNet5, conv_features=(20, 50), hidden_features=(500,),
+                                  conv_activation=False, frame=28),
+        input_shape=(28, 28, 1),
+        num_classes=10,
+        reference="Caffe examples/mnist/lenet_train_test.prototxt, the LeNet-5 of Han et al. "
+                  "2015 and 2016",
+        published=(
+            Published(431_080, "params",
+                      "computed from Caffe's examples/mnist/lenet_train_test.prototxt: "
+                      "20x(5x5x1+1) + 50x(5x5x20+1) + 500x(800+1) + 10x(500+1)"),
+            Published(431_000, "params",
+                      "Han, Mao & Dally 2016, Deep Compression, Table 3: LeNet-5 431K weights",
+                      rounded=True),
+        ),
+    ),
+    "lenet_300_100": ModelSpec(
+        builder=functools.partial(FullyConnected, hidden_features=(300, 100)),
+        input_shape=(28, 28, 1),
+        num_classes=10,
+        reference="LeCun et al. 1998, sec. III-C, the 300-100 network (with ReLU)",
+        published=(
+            Published(266_610, "params",
+                      "computed from LeCun et al. 1998's layer sizes 784-300-100-10: "
+                      "300x(784+1) + 100x(300+1) + 10x(100+1)"),
+            Published(266_000, "params",
+                      "Han, Mao & Dally 2016, Deep Compression, Table 2: LeNet-300-100 266K "
+                      "weights", rounded=True),
         ),
     ),
 }

@@ -129,3 +129,24 @@ def test_modern_lenet5_on_mnist_and_32x32(padding, size, activation):
 
 def test_modern_lenet5_on_cifar_counts_like_the_pytorch_tutorial():
     assert jaxcnn.param_count("lenet5", (1, 32, 32, 3)) == 62_006
+
+
+def _layer_counts(name):
+    params = jaxcnn.init_shapes(name)["params"]
+    return {layer: sum(a.size for a in jax.tree_util.tree_leaves(p)) for layer, p in params.items()}
+
+
+def test_caffe_lenet5_has_the_four_layers_of_han_et_al():
+    # Caffe examples/mnist/lenet_train_test.prototxt: conv1 20x5x5, conv2 50x5x5, ip1 500, ip2 10;
+    # Deep Compression Table 3 lists conv1 0.5K, conv2 25K, ip1 400K, ip2 5K weights.
+    assert _layer_counts("lenet5_caffe") == {"conv1": 20 * 26, "conv2": 50 * (25 * 20 + 1),
+                                             "fc1": 500 * (4 * 4 * 50 + 1), "head": 10 * 501}
+
+
+def test_lenet_300_100_is_784_300_100_10_and_takes_only_28x28x1():
+    assert _layer_counts("lenet_300_100") == {"fc1": 300 * 785, "fc2": 100 * 301, "head": 10 * 101}
+    model = jaxcnn.create_model("lenet_300_100")
+    variables = jax.eval_shape(lambda: _init(model, (1, 28, 28, 1)))
+    for shape in ((1, 32, 32, 1), (1, 28, 28, 3)):
+        with pytest.raises(jaxcnn.InputShapeError, match="28x28|channel"):
+            model.apply(variables, jnp.zeros(shape))

@@ -19,6 +19,8 @@ PUBLISHED = [
     # LeNet-5
     ("lenet5_1998", {}, 60_000, "params", "LeCun et al. 1998, sec. II-B: '60,000 trainable free parameters'"),
     ("lenet5", {}, 61_706, "params", "computed from the modern LeNet-5's layer sizes; Keras' model.summary() of it (docs/sources.md sec. 3.6)"),
+    ("lenet5_caffe", {}, 431_080, "params", "computed from Caffe's examples/mnist/lenet_train_test.prototxt: 20x(5x5x1+1) + 50x(5x5x20+1) + 500x(800+1) + 10x(500+1); Deep Compression Table 3: 431K"),
+    ("lenet_300_100", {}, 266_610, "params", "computed from LeCun et al. 1998's 784-300-100-10: 300x785 + 100x301 + 10x101; Deep Compression Table 2: 266K"),
     # AlexNet, ZFNet
     ("alexnet_paper", {}, 60_965_224, "params", "HewlettPackard dlcookbook-dlbs models table (Caffe bvlc_alexnet, groups=2)"),
     ("alexnet", {}, 61_100_840, "params", TV),

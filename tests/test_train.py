@@ -190,6 +190,10 @@ def test_recipes_follow_the_architecture():
     assert eff.optimizer == "rmsprop" and eff.ema_decay == 0.9999
     assert eff.label_smoothing == 0.1 and eff.schedule == "exponential"
     assert resolved("googlenet").aux_weight == 0.3
+    # Caffe's lenet_solver.prototxt: SGD, momentum 0.9, 0.01 at batch 64, weight decay 5e-4.
+    caffe = resolved("lenet5_caffe")
+    assert (caffe.optimizer, caffe.batch_size, caffe.weight_decay) == ("sgd", 64, 5e-4)
+    assert caffe.lr == pytest.approx(0.01) and resolved("lenet_300_100").optimizer == "nesterov"
     assert resolved("inception_v3").image_size == 75  # its smallest admissible input
     # An optimizer picked against the recipe gets its own rate, not the recipe's SGD rate.
     adamw = resolved("resnet18", optimizer="adamw", batch_size=256)

@@ -431,12 +431,17 @@ class Setup:
 
 
 def build(plan: Plan, parallel: JitParallel, *,
-          model_factory: Callable[..., nn.Module] | None = None) -> Setup:
+          model_factory: Callable[..., nn.Module] | None = None,
+          wrap_optimizer: Callable[[optax.GradientTransformation],
+                                   optax.GradientTransformation] | None = None) -> Setup:
     """The network, schedule, optimizer, initial state and steps of ``plan`` on ``parallel``.
 
     The steps are wrapped for ``parallel`` (``compile_train``/``compile_eval``) and compile on
     their first call. A run's checkpoint restores only into the state of the same build: the
-    frozen layers and the head's rate shape the optimizer's state.
+    frozen layers and the head's rate shape the optimizer's state. ``wrap_optimizer(tx)``
+    returns the transformation that runs instead of the recipe's ``tx`` (``train.compress``
+    chains its pruning masks after it, or trains shared weights through it); its state is part
+    of the checkpoints.
     """
     c = plan.config
     axis_name = parallel.axis_name
@@ -449,6 +454,8 @@ def build(plan: Plan, parallel: JitParallel, *,
         frozen = frozen_layers(c.freeze, order, top_level)
         labels = make_param_labels(frozen, head=order[-1])
     tx = create_optimizer(c, schedule, labels)
+    if wrap_optimizer is not None:
+        tx = wrap_optimizer(tx)
     return Setup(
         model=model, schedule=schedule, tx=tx, init_fn=make_init_fn(model, tx, c),
         train_step=parallel.compile_train(
@@ -585,13 +592,16 @@ def _format_eval(m: dict[str, float], num_classes: int) -> str:
 
 def train_and_evaluate(config: Config, *, data: Any = None,
                        model_factory: Callable[..., nn.Module] | None = None,
-                       print_fn: Callable[[str], None] = print) -> TrainResult:
+                       print_fn: Callable[[str], None] = print,
+                       wrap_optimizer: Callable[[optax.GradientTransformation],
+                                                optax.GradientTransformation] | None = None
+                       ) -> TrainResult:
     """Trains ``config.arch`` on ``config.dataset``, evaluating, logging and checkpointing.
 
     ``data`` is a module or object with ``dataset_info``, ``train_iterator`` and
     ``eval_iterator`` (default: ``train.input_pipeline``); ``model_factory(arch, **kwargs)``
-    replaces ``jaxcnn.create_model`` (for networks outside the registry). A workdir with
-    checkpoints resumes from the latest one.
+    replaces ``jaxcnn.create_model`` (for networks outside the registry); ``wrap_optimizer``
+    goes to :func:`build`. A workdir with checkpoints resumes from the latest one.
     """
     initialize_distributed(config)
     data = data or default_data()
@@ -603,7 +613,7 @@ def train_and_evaluate(config: Config, *, data: Any = None,
     say = _printer(print_fn, progress) if is_main else (lambda *_: None)
 
     parallel = make_parallel(c.parallel)
-    setup = build(plan, parallel, model_factory=model_factory)
+    setup = build(plan, parallel, model_factory=model_factory, wrap_optimizer=wrap_optimizer)
     stored = c.to_dict()
 
     # Look at existing checkpoints before writing anything into the workdir.

@@ -231,6 +231,10 @@ _RMSPROP = dict(optimizer="rmsprop", base_lr=0.016, weight_decay=1e-5, schedule=
 
 # First matching pattern wins.
 RECIPES: tuple[tuple[str, Recipe], ...] = (
+    # Caffe's examples/mnist/lenet_solver.prototxt: SGD, momentum 0.9, 0.01 at batch 64, decay
+    # 5e-4. Its convolutions have no activation, and diverge at the other LeNets' Nesterov 0.2.
+    ("lenet5_caffe", Recipe(base_lr=0.04, weight_decay=5e-4, warmup_epochs=0.0, epochs=20,
+                            batch_size=64)),
     # LeCun et al. trained with plain SGD; Nesterov momentum with a cosine decay gets there in a
     # few epochs on the digits.
     ("lenet*", Recipe(optimizer="nesterov", base_lr=0.2, weight_decay=5e-4, warmup_epochs=0.0,
