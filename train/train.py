@@ -237,7 +237,7 @@ def load_pretrained_variables(config: Config, fresh: dict[str, Any]
     elif os.path.isdir(src):
         try:
             variables, meta = convert_lib.load_converted(src)
-        except (FileNotFoundError, weights_lib.WeightMismatchError) as err:
+        except convert_lib.LOAD_ERRORS as err:
             raise ConfigError(f"--pretrained: {err}") from err
         if meta.get("arch") != config.arch:
             raise ConfigError(
@@ -250,6 +250,8 @@ def load_pretrained_variables(config: Config, fresh: dict[str, Any]
             variables = convert_lib.load_pretrained(config.arch, src)
         except weights_lib.WeightMismatchError as err:
             raise ConfigError(f"--pretrained {src} does not fit {config.arch}: {err}") from err
+        except convert_lib.LOAD_ERRORS as err:
+            raise ConfigError(f"--pretrained: {err}") from err
         what = f"{config.arch} weights converted from {src}"
     else:
         raise ConfigError(f"--pretrained {src}: no such file or directory (pass a directory "
