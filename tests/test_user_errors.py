@@ -1,6 +1,7 @@
 """Bad input to the command lines: one clear line (exit status 2), never a traceback.
 
-Weights files for ``python -m jaxcnn.convert`` and ``--pretrained``.
+Weights files for ``python -m jaxcnn.convert`` and ``--pretrained``; image folders with a
+corrupt image, an empty class, a single class, or a test class that train/ lacks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from jaxcnn import convert
+from test_input_pipeline import _write_folder
+from train import input_pipeline as ip
 from train import train as train_lib
 from train.configs.default import ConfigError, get_config
 
@@ -78,3 +81,44 @@ def test_pretrained_with_a_bad_file_is_a_config_error(tmp_path):
     config = config.replace(pretrained=str(not_converted))
     with pytest.raises(ConfigError, match=r"not a converted-weights directory"):
         train_lib.load_pretrained_variables(config, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folders.
+def _folder(tmp_path, train, test):
+    rng = np.random.default_rng(0)
+    _write_folder(tmp_path, "train", train, rng)
+    _write_folder(tmp_path, "test", test, rng)
+    return f"folder:{tmp_path}"
+
+
+@pytest.mark.slow  # ~8 s: TensorFlow pipelines over the folder
+def test_a_corrupt_image_is_named_and_can_be_skipped(tmp_path, capsys):
+    name = _folder(tmp_path, {"a": 3, "b": 3}, {"a": 1, "b": 1})
+    bad = tmp_path / "train" / "b" / "001.png"
+    bad.write_bytes(bad.read_bytes()[:30])  # a truncated PNG: same name, cannot be decoded
+    batches = ip.train_iterator(name, data_dir=None, global_batch_size=2, image_size=16, seed=0)
+    with pytest.raises(ip.DatasetError) as err:
+        for _ in range(6):
+            next(batches)
+    message = str(err.value)
+    assert "1 image(s)" in message and os.path.join("train", "b", "001.png") in message
+    assert "--skip-bad-images" in message
+    assert ip.dataset_info(name, skip_bad_images=True).num_train == 5
+    assert "left out 1 image(s)" in capsys.readouterr().err
+    batches = ip.train_iterator(name, data_dir=None, global_batch_size=2, image_size=16, seed=0,
+                                skip_bad_images=True)
+    assert all(next(batches)["image"].shape == (2, 16, 16, 3) for _ in range(6))
+
+
+def test_folders_a_network_cannot_learn_are_refused(tmp_path, capsys):
+    name = _folder(tmp_path / "one", {"a": 2}, {"a": 1})
+    with pytest.raises(ip.DatasetError, match=r"training images of 1 class.*at least two"):
+        ip.dataset_info(name)
+    name = _folder(tmp_path / "empty", {"a": 2, "b": 2}, {"a": 1, "b": 1})
+    os.makedirs(tmp_path / "empty" / "train" / "c")
+    with pytest.raises(ip.DatasetError, match=r"class\(es\) c have no images"):
+        ip.dataset_info(name)
+    name = _folder(tmp_path / "extra", {"a": 2, "b": 2}, {"a": 1, "b": 1, "c": 1})
+    assert ip.dataset_info(name).num_classes == 3
+    assert "test/ has images of class(es) c that train/ lacks" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, best: bool = Fals
     config = config.replace(data_dir=data_dir or config.data_dir, eval_batch_size=eval_batch,
                             parallel="jit", coordinator=None, num_processes=None,
                             process_id=None)
-    data = data or train_lib.default_data()
+    data = data or train_lib.default_data(config)
     info = data.dataset_info(config.dataset, config.data_dir)
     # The stored config is resolved already; resolving it again derives the plan's numbers and
     # checks the eval batch against this machine's devices.

@@ -462,9 +462,12 @@ def build(plan: Plan, parallel: JitParallel, *,
 # --------------------------------------------------------------------------------------------
 # Data.
 # --------------------------------------------------------------------------------------------
-def default_data():
-    """The input pipeline module (``train.input_pipeline``)."""
-    return importlib.import_module("train.input_pipeline")
+def default_data(config: Config | None = None):
+    """The input pipeline (``train.input_pipeline``), as ``config`` asks to read image folders."""
+    pipeline = importlib.import_module("train.input_pipeline")
+    if config is not None and config.skip_bad_images:
+        return pipeline.skipping_bad_images()
+    return pipeline
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -596,7 +599,7 @@ def train_and_evaluate(config: Config, *, data: Any = None,
     checkpoints resumes from the latest one.
     """
     initialize_distributed(config)
-    data = data or default_data()
+    data = data or default_data(config)
     plan = resolve_config(config, lambda: data.dataset_info(config.dataset, config.data_dir),
                           model_factory=model_factory)
     c, info = plan.config, plan.info

@@ -49,6 +49,9 @@ class Config:
                       "5,000 real MNIST digits (4,000 train / 1,000 test), nothing to download")
     data_dir: str | None = _f(None, "TFDS data directory (default: TFDS's own, "
                               "~/tensorflow_datasets or $TFDS_DATA_DIR)")
+    skip_bad_images: bool = _f(False, "image folders (--dataset folder:...): leave out the "
+                               "images that cannot be decoded, listed when the run starts "
+                               "(default: stop at the first one, naming every such file)")
     num_classes: int | None = _f(None, "classifier outputs (default: the dataset's classes)")
     image_size: int | None = _f(None, "square training/eval image size (default: the larger of "
                                 "the dataset's image size and the smallest input the network "
