@@ -171,3 +171,57 @@ def test_evaluate_restores_a_run_with_frozen_layers_and_a_head_rate(tmp_path):
                                               model_factory=tiny_factory)
     assert evaluated["step"] == result.step
     assert evaluated["top1"] == pytest.approx(result.eval_metrics["top1"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Nothing silent (issue 13): another batch size, altered files, unreadable metrics.
+# ----------------------------------------------------------------------------------------------
+def test_another_batch_size_is_refused_on_resume(trained_workdir, tmp_path):
+    # A step is one batch: at 16 the 8 saved steps would read as half an epoch.
+    workdir = _copy(trained_workdir[0], tmp_path)
+    before = _tree_digest(workdir)
+    with pytest.raises(CheckpointError, match=r"batch_size: checkpoint 32, this run 16.*"
+                                              r"--batch-size 32"):
+        train_lib.train_and_evaluate(toy_config(workdir, arch="tiny_a", batch_size=16),
+                                     data=ToyData(), model_factory=tiny_factory)
+    assert _tree_digest(workdir) == before
+
+
+def _flip_bytes(path):
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, min(len(data), len(data) // 2 + 8)):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_an_altered_checkpoint_is_refused_on_resume_and_by_evaluate(trained_workdir,
+                                                                     tmp_path, capsys):
+    workdir = _copy(trained_workdir[0], tmp_path)
+    state_files = sorted((workdir / "checkpoints" / "8" / "state").rglob("*"),
+                         key=lambda p: p.stat().st_size if p.is_file() else -1)
+    _flip_bytes(state_files[-1])  # the largest: the arrays' data, same size after
+    before = _tree_digest(workdir)
+    with pytest.raises(CheckpointError) as err:
+        train_lib.train_and_evaluate(toy_config(workdir, arch="tiny_a", epochs=2),
+                                     data=ToyData(), model_factory=tiny_factory)
+    message = str(err.value)
+    assert "was altered after it was written" in message and "changed" in message
+    assert "Nothing was deleted" in message
+    assert evaluate_lib.main(["--workdir", str(workdir)]) == 2
+    assert "was altered after it was written" in capsys.readouterr().err
+    assert _tree_digest(workdir) == before
+
+
+def test_a_truncated_metrics_file_is_one_clear_error(trained_workdir, tmp_path, capsys):
+    workdir = _copy(trained_workdir[0], tmp_path)
+    metrics = workdir / "checkpoints" / "8" / "metrics" / "metrics"
+    metrics.write_bytes(metrics.read_bytes()[:5])
+    before = _tree_digest(workdir)
+    with pytest.raises(CheckpointError, match=r"Cannot read .*metrics.*Nothing was deleted"):
+        train_lib.train_and_evaluate(toy_config(workdir, arch="tiny_a", epochs=2),
+                                     data=ToyData(), model_factory=tiny_factory)
+    assert evaluate_lib.main(["--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Cannot read") and err.count("\n") == 1
+    assert _tree_digest(workdir) == before
+
