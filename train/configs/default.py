@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import shlex
 from typing import Any
 
 OPTIMIZERS = ("sgd", "nesterov", "adamw", "rmsprop", "lars", "lamb")
@@ -160,6 +161,22 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def command_line(self, **changes: Any) -> str:
+        """The ``python -m train.main`` command that asks for this config with ``changes``: the
+        flags whose values differ from the defaults (what ``train.main`` parses back)."""
+        config, defaults = self.replace(**changes), get_config()
+        words = ["python", "-m", "train.main"]
+        for field in dataclasses.fields(config):
+            value = getattr(config, field.name)
+            if value is None or value == getattr(defaults, field.name):
+                continue
+            flag = field.name.replace("_", "-")
+            if isinstance(value, bool):
+                words.append(f"--{flag}" if value else f"--no-{flag}")
+            else:
+                words += [f"--{flag}", str(value)]
+        return shlex.join(words)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
