@@ -125,6 +125,17 @@ def _copy(workdir, tmp_path):
     return target
 
 
+def _refused_resume(workdir, error=CheckpointError, **changes) -> str:
+    """Resumes the TinyCNN run ``tiny_a`` in ``workdir`` with ``changes``; asserts that it
+    raises ``error`` and leaves the checkpoints as they were; returns the message."""
+    before = _tree_digest(workdir / "checkpoints")
+    with pytest.raises(error) as err:
+        train_lib.train_and_evaluate(toy_config(workdir, **{"arch": "tiny_a", **changes}),
+                                     data=ToyData(), model_factory=tiny_factory)
+    assert _tree_digest(workdir / "checkpoints") == before
+    return str(err.value)
+
+
 def test_checkpoint_of_another_network_is_refused_and_left_intact(trained_workdir, tmp_path):
     workdir = _copy(trained_workdir[0], tmp_path)
     before = _tree_digest(workdir)
@@ -242,27 +253,17 @@ def test_a_signal_saves_the_last_step_and_stops(tmp_path, capsys, signum, in_des
 
 def test_divergence_stops_before_saving_and_keeps_the_good_checkpoint(trained_workdir,
                                                                        tmp_path):
-    workdir = _copy(trained_workdir[0], tmp_path)
-    before = _tree_digest(workdir / "checkpoints")
-    with pytest.raises(guard_lib.Diverged) as err:
-        train_lib.train_and_evaluate(toy_config(workdir, arch="tiny_a", epochs=3, lr=1e30),
-                                     data=ToyData(), model_factory=tiny_factory)
-    message = str(err.value)
+    # Nothing written, nothing rotated out (_refused_resume compares the checkpoints).
+    message = _refused_resume(_copy(trained_workdir[0], tmp_path), guard_lib.Diverged,
+                              epochs=3, lr=1e30)
     assert "training diverged at step" in message and "not finite" in message
     assert "last good checkpoint is step 8" in message and "--lr 1e+29" in message
-    # Nothing written, nothing rotated out.
-    assert _tree_digest(workdir / "checkpoints") == before
 
 
 def test_another_batch_size_is_refused_on_resume(trained_workdir, tmp_path):
     # A step is one batch: at 16 the 8 saved steps would read as half an epoch.
-    workdir = _copy(trained_workdir[0], tmp_path)
-    before = _tree_digest(workdir)
-    with pytest.raises(CheckpointError, match=r"batch_size: checkpoint 32, this run 16.*"
-                                              r"--batch-size 32"):
-        train_lib.train_and_evaluate(toy_config(workdir, arch="tiny_a", batch_size=16),
-                                     data=ToyData(), model_factory=tiny_factory)
-    assert _tree_digest(workdir) == before
+    message = _refused_resume(_copy(trained_workdir[0], tmp_path), batch_size=16)
+    assert re.search(r"batch_size: checkpoint 32, this run 16.*--batch-size 32", message)
 
 
 def test_a_second_writer_is_refused_and_readers_are_not(trained_workdir, tmp_path):
@@ -341,13 +342,10 @@ def test_an_altered_checkpoint_is_refused_on_resume_and_by_evaluate(trained_work
     state_files = sorted((workdir / "checkpoints" / "8" / "state").rglob("*"),
                          key=lambda p: p.stat().st_size if p.is_file() else -1)
     _flip_bytes(state_files[-1])  # the largest: the arrays' data, same size after
-    before = _tree_digest(workdir)
-    with pytest.raises(CheckpointError) as err:
-        train_lib.train_and_evaluate(toy_config(workdir, arch="tiny_a", epochs=2),
-                                     data=ToyData(), model_factory=tiny_factory)
-    message = str(err.value)
+    message = _refused_resume(workdir, epochs=2)
     assert "was altered after it was written" in message and "changed" in message
     assert "Nothing was deleted" in message
+    before = _tree_digest(workdir)
     assert evaluate_lib.main(["--workdir", str(workdir)]) == 2
     assert "was altered after it was written" in capsys.readouterr().err
     assert _tree_digest(workdir) == before
@@ -357,10 +355,8 @@ def test_a_truncated_metrics_file_is_one_clear_error(trained_workdir, tmp_path, 
     workdir = _copy(trained_workdir[0], tmp_path)
     metrics = workdir / "checkpoints" / "8" / "metrics" / "metrics"
     metrics.write_bytes(metrics.read_bytes()[:5])
+    assert re.search(r"Cannot read .*metrics.*Nothing was deleted", _refused_resume(workdir))
     before = _tree_digest(workdir)
-    with pytest.raises(CheckpointError, match=r"Cannot read .*metrics.*Nothing was deleted"):
-        train_lib.train_and_evaluate(toy_config(workdir, arch="tiny_a", epochs=2),
-                                     data=ToyData(), model_factory=tiny_factory)
     assert evaluate_lib.main(["--workdir", str(workdir)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Cannot read") and err.count("\n") == 1
