@@ -76,7 +76,8 @@ def load_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
     path = os.fspath(source)
     if not os.path.isfile(path):
         what = "a directory, not a weights file" if os.path.isdir(path) else "not there"
-        raise WeightFileError(f"No weights file at {path!r}: it is {what}.")
+        raise WeightFileError(f"No weights file at {path!r}: it is {what}. Pass the path of "
+                              f"a .safetensors, .npz, .pth/.pt or Keras .h5 file.")
     try:
         return _read_state_dict(path)
     except (WeightFileError, WeightMismatchError):
