@@ -361,3 +361,32 @@ def test_a_truncated_metrics_file_is_one_clear_error(trained_workdir, tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("error: Cannot read") and err.count("\n") == 1
     assert _tree_digest(workdir) == before
+
+
+@pytest.mark.slow  # ~30 s: a real LeNet-5 run on the embedded digits, in its own process
+def test_sigterm_to_the_command_line_saves_and_exits_143(tmp_path):
+    """What a preempted VM does: SIGTERM to ``python -m train.main``, mid-epoch."""
+    workdir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+         os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.Popen([sys.executable, "-m", "train.main", "--arch", "lenet5", "--epochs",
+                            "2", "--no-progress", "--workdir", str(workdir)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines = []
+        for line in run.stdout:  # the first step has run: the loop is under way
+            lines.append(line)
+            if line.startswith("compiled and ran the first step"):
+                run.send_signal(signal.SIGTERM)
+                break
+        out = "".join(lines) + run.stdout.read()
+        assert run.wait(timeout=120) == 128 + signal.SIGTERM, out
+    finally:
+        run.kill()
+        run.wait()
+    stopped = re.search(r"SIGTERM: stopped at step (\d+), checkpoint saved", out)
+    assert stopped, out
+    ckpts = Checkpoints(str(workdir / "checkpoints"), read_only=True)
+    assert ckpts.all_steps() == [int(stopped.group(1))]
+    ckpts.verify(int(stopped.group(1)))
