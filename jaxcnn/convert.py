@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import pathlib
+import sys
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,6 +30,10 @@ from jaxcnn.spec import Converter, WeightMismatchError
 from jaxcnn.summary import init_shapes
 
 META = "jaxcnn.json"
+
+# What loading foreign or converted weights raises for a bad file or a misfit; each message
+# names the file and the fix.
+LOAD_ERRORS = (weights.WeightFileError, WeightMismatchError)
 
 
 def converters_for(name: str) -> tuple[Converter, ...]:
@@ -90,11 +95,17 @@ def load_converted(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[s
     directory = pathlib.Path(directory).absolute()
     meta_path = directory / META
     if not meta_path.exists():
-        raise FileNotFoundError(
+        raise weights.WeightFileError(
             f"{directory} is not a converted-weights directory (no {META}). Create one with "
             "python -m jaxcnn.convert SRC --arch NAME --out DIR."
         )
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise weights.WeightFileError(
+            f"{meta_path} cannot be read ({type(err).__name__}: {err}): it is corrupt or "
+            "incomplete. Convert the weights again into a new --out directory."
+        ) from None
     try:
         variables = ocp.PyTreeCheckpointer().restore(directory / "variables")
     except Exception as err:  # Orbax raises several types for damaged files
@@ -136,7 +147,7 @@ def transfer(pretrained: Any, fresh: Any, num_classes: int) -> tuple[dict[str, A
     return traverse_util.unflatten_dict(out), kept_new
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jaxcnn.convert",
         description="Convert torchvision/timm/Keras weights into a jaxcnn Orbax checkpoint.",
@@ -150,16 +161,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-classes", type=int, default=None,
                         help="classes of the weights' classifier (default: the variant's)")
     args = parser.parse_args(argv)
-    info = registry.model_info(args.arch)
-    num_classes = args.num_classes or info.num_classes
-    variables = load_pretrained(args.arch, args.source, from_=args.from_,
-                                num_classes=num_classes)
-    out = save_converted(args.out, variables, arch=args.arch,
-                         source=f"{args.from_ or 'auto'}:{os.path.basename(args.source)}",
-                         num_classes=num_classes)
+    try:
+        info = registry.model_info(args.arch)
+        if os.path.exists(args.out):  # before the slow part
+            raise FileExistsError(f"{os.path.abspath(args.out)} exists; choose a new --out "
+                                  f"directory.")
+        num_classes = args.num_classes or info.num_classes
+        variables = load_pretrained(args.arch, args.source, from_=args.from_,
+                                    num_classes=num_classes)
+        out = save_converted(args.out, variables, arch=args.arch,
+                             source=f"{args.from_ or 'auto'}:{os.path.basename(args.source)}",
+                             num_classes=num_classes)
+    except (registry.UnknownModelError, FileExistsError, *LOAD_ERRORS) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     n = sum(np.size(v) for v in traverse_util.flatten_dict(variables).values())
     print(f"wrote {n:,} numbers of {info.name} ({num_classes} classes) to {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

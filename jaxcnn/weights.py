@@ -18,6 +18,9 @@ The array layouts are translated here once for every family:
   ``batch_stats/.../var``. PyTorch's ``num_batches_tracked`` has no counterpart: the engine
   drops it before any rename sees it.
 
+A file that cannot be read (missing, truncated, of an unknown format, or a pickle that would
+run code to load) raises :class:`WeightFileError`, whose message names the file and the fix.
+
 A rename raises :class:`jaxcnn.spec.NotMine` for a name outside its scheme; the engine reports
 that name as unexpected. It catches nothing else: any other error of a rename (a real problem
 with the weights, such as the session numbering of Keras' InceptionV3) reaches the caller as
@@ -30,6 +33,8 @@ mapping of NumPy arrays does not import torch; ``.pth``/``.pt`` files need it.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -37,7 +42,7 @@ from flax import traverse_util
 
 from jaxcnn.spec import SOURCES, Converter, NotMine, WeightMismatchError
 
-__all__ = ["SOURCES", "Converter", "NotMine", "WeightMismatchError", "convert",
+__all__ = ["SOURCES", "Converter", "NotMine", "WeightFileError", "WeightMismatchError", "convert",
            "load_keras_weights", "load_state_dict"]
 
 # Arrays of the source frameworks that no model variable corresponds to (PyTorch BatchNorm's
@@ -47,6 +52,15 @@ DROPPED_LEAVES = ("num_batches_tracked",)
 
 # ----------------------------------------------------------------------------------------------
 # Reading files
+
+
+class WeightFileError(ValueError):
+    """A weights file that cannot be read: missing, truncated or corrupt, of an unknown format,
+    or a pickle that would run code to load."""
+
+
+_FORMATS = {".safetensors": "safetensors", ".npz": "NumPy .npz", ".h5": "Keras HDF5",
+            ".hdf5": "Keras HDF5", ".keras": "Keras"}
 
 
 def load_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -60,8 +74,36 @@ def load_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
     if isinstance(source, Mapping):
         return _unwrap({k: _to_numpy(v) for k, v in source.items()})
     path = os.fspath(source)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No weights file at {path!r}.")
+    if not os.path.isfile(path):
+        what = "a directory, not a weights file" if os.path.isdir(path) else "not there"
+        raise WeightFileError(f"No weights file at {path!r}: it is {what}. Pass the path of "
+                              f"a .safetensors, .npz, .pth/.pt or Keras .h5 file.")
+    try:
+        return _read_state_dict(path)
+    except (WeightFileError, WeightMismatchError):
+        raise
+    except ImportError as err:
+        raise WeightFileError(f"Reading {path!r} needs the {err.name} package (pip install "
+                              f"{err.name}).") from None
+    except pickle.UnpicklingError as err:
+        # torch.load(weights_only=True) met an object it will not build: loading it would run
+        # whatever code the pickle names. Say so, without the advice to switch that off.
+        named = re.search(r"GLOBAL ([\w.]+)", str(err))
+        raise WeightFileError(
+            f"Refusing {path!r}: it is a pickle that names "
+            f"{named.group(1) if named else 'objects other than tensors'}, and unpickling it "
+            f"could run arbitrary code. Export the weights as .safetensors or NumPy .npz "
+            f"(arrays only, no pickle) where they came from, e.g. "
+            f"safetensors.torch.save_file(model.state_dict(), 'weights.safetensors').") from None
+    except Exception as err:  # noqa: BLE001 - each format's reader fails in its own way
+        kind = next((v for k, v in _FORMATS.items() if path.lower().endswith(k)), "PyTorch")
+        cause = (str(err).strip() or "?").splitlines()[0].split(". ")[0][:200]
+        raise WeightFileError(
+            f"Cannot read {path!r} as a {kind} file: it is truncated or corrupt "
+            f"({type(err).__name__}: {cause}). Download or export it again.") from None
+
+
+def _read_state_dict(path: str) -> dict[str, np.ndarray]:
     lower = path.lower()
     if lower.endswith(".safetensors"):
         from safetensors.numpy import load_file
@@ -73,16 +115,11 @@ def load_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
     if lower.endswith((".h5", ".hdf5", ".keras")):
         return load_keras_weights(path)
     if lower.endswith((".pth", ".pt", ".bin", ".ckpt", ".tar")):
-        try:
-            import torch
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                f"Reading {path!r} needs PyTorch (pip install torch), or convert it to "
-                "safetensors first."
-            ) from err
+        import torch
+
         obj = torch.load(path, map_location="cpu", weights_only=True)
         return _unwrap({k: _to_numpy(v) for k, v in _state_of(obj).items()})
-    raise ValueError(
+    raise WeightFileError(
         f"Unknown weights format {path!r}: expected .safetensors, .npz, .pth/.pt/.bin (torch) "
         "or .h5/.weights.h5 (Keras)."
     )
@@ -93,7 +130,8 @@ def _state_of(obj: Any) -> Mapping[str, Any]:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             return obj[key]
     if not isinstance(obj, Mapping):
-        raise ValueError("The torch file holds no state dict (a mapping of names to tensors).")
+        raise WeightFileError("The torch file holds no state dict (a mapping of names to "
+                              "tensors).")
     return obj
 
 

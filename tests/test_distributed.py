@@ -127,6 +127,38 @@ def _train_few_steps(out_path: str, workdir: str, process_id: int, num_processes
         json.dump(results, f)
 
 
+def _preempted(out_path: str, workdir: str, process_id: int, port: int) -> None:
+    """Two processes train; process 1 alone gets SIGTERM (a preempted host) at its batch 3.
+    Writes how the run ended and the checkpoints this process sees."""
+    import signal
+
+    from test_train import ToyData, tiny_factory_no_dropout, toy_config
+    from train import guard as guard_lib
+    from train import train as train_lib
+
+    class PreemptedData(ToyData):
+        def train_iterator(self, *args, process_index=0, **kwargs):
+            batches = super().train_iterator(*args, process_index=process_index, **kwargs)
+            for served, batch in enumerate(batches):
+                if process_index == 1 and served == 3:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                yield batch
+
+    config = toy_config(workdir, epochs=3, coordinator=f"localhost:{port}", num_processes=2,
+                        process_id=process_id)
+    try:
+        train_lib.train_and_evaluate(config, data=PreemptedData(),
+                                     model_factory=tiny_factory_no_dropout)
+        ended = {"exit_code": 0}
+    except guard_lib.Stopped as stopped:
+        ended = {"exit_code": stopped.exit_code, "saved": stopped.saved}
+    ended["checkpoints"] = sorted(int(n) for n in os.listdir(os.path.join(workdir,
+                                                                          "checkpoints"))
+                                  if n.isdigit())
+    with open(out_path, "w") as f:
+        json.dump(ended, f)
+
+
 # ----------------------------------------------------------------------------------------------
 # The tests.
 # ----------------------------------------------------------------------------------------------
@@ -184,6 +216,21 @@ def test_two_processes_agree_with_one_process(tmp_path):
         sorted(os.listdir(tmp_path / "single" / "jit" / "checkpoints"))
 
 
+@pytest.mark.slow
+def test_sigterm_on_one_host_saves_the_same_step_on_every_host(tmp_path):
+    """JAX's preemption sync point: the host that got SIGTERM and the one that did not stop
+    at the same step and save it together (a collective save on different steps hangs)."""
+    port = _free_port()
+    workers = [_run_worker(["preempted", str(tmp_path / f"{i}.json"), str(tmp_path / "run"),
+                            str(i), str(port)], devices=1) for i in range(2)]
+    for proc in workers:
+        _finish(proc)
+    ended = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(2)]
+    assert ended[0] == ended[1]
+    assert ended[0]["exit_code"] == 128 + 15 and ended[0]["saved"]
+    assert len(ended[0]["checkpoints"]) == 1 and ended[0]["checkpoints"][0] < 24
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "one_step":
@@ -191,5 +238,8 @@ if __name__ == "__main__":
     elif command == "train":
         out_path, workdir, pid, nproc, port = rest
         _train_few_steps(out_path, workdir, int(pid), int(nproc), int(port))
+    elif command == "preempted":
+        out_path, workdir, pid, port = rest
+        _preempted(out_path, workdir, int(pid), int(port))
     else:
         raise SystemExit(f"unknown worker command {command!r}")

@@ -36,8 +36,16 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, best: bool = Fals
         raise checkpoints_lib.CheckpointError(
             f"No checkpoints in {ckpts.directory}. Train first (python -m train.main "
             f"--workdir {workdir}) or pass the --workdir of a finished run.")
-    if step is None:
-        step = (ckpts.best_step() if best else None) or ckpts.latest_step()
+    if best:
+        step = ckpts.best_step()
+        if step is None:
+            raise checkpoints_lib.CheckpointError(
+                f"No checkpoint in {ckpts.directory} has eval metrics to rank, so none is the "
+                f"best: its steps {steps} were saved between evaluations (--checkpoint-every, "
+                f"or an interrupted run). Evaluate one with --step (the latest: --step "
+                f"{max(steps)}), or train on to the next evaluation.")
+    elif step is None:
+        step = ckpts.latest_step()
     elif step not in steps:
         raise checkpoints_lib.CheckpointError(
             f"No checkpoint at step {step} in {ckpts.directory}; there are {steps}.")
@@ -48,7 +56,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, best: bool = Fals
     config = config.replace(data_dir=data_dir or config.data_dir, eval_batch_size=eval_batch,
                             parallel="jit", coordinator=None, num_processes=None,
                             process_id=None)
-    data = data or train_lib.default_data()
+    data = data or train_lib.default_data(config)
     info = data.dataset_info(config.dataset, config.data_dir)
     # The stored config is resolved already; resolving it again derives the plan's numbers and
     # checks the eval batch against this machine's devices.

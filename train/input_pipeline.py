@@ -20,7 +20,12 @@ Data sets, by name:
           dog/ ...
 
   Classes are the union of the class folders, sorted by name (label 0 is the first). Images may
-  be JPEG or PNG, of any size, grey or colour (decoded to 3 channels).
+  be JPEG or PNG, of any size, grey or colour (decoded to 3 channels). A folder with fewer than
+  two classes that have training images, or with a class that has no images at all, is refused;
+  a class in test/ that train/ lacks is a warning. An image that cannot be decoded stops the
+  run with a message naming it (and every other such file of its split); with
+  ``skip_bad_images`` (``--skip-bad-images``) the folder is checked once, when opened, and
+  those files are left out and listed.
 
 Batches are dicts of NumPy arrays for *this process's share* of the global batch: ``image``
 float32 ``(local_batch, image_size, image_size, channels)``, normalised per channel with the data
@@ -43,9 +48,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import re
+import sys
+import types
 from typing import Any, Iterator
 
 import numpy as np
@@ -107,6 +115,8 @@ class _Source:
     label_key: str
     encoded: bool  # Images vary in size: read the encoded bytes, decode (and crop) in the map.
     folder: bool  # An ImageFolder: no sub-split API, so processes shard the example list.
+    index: Any = None  # Image folders: {split: {class: [image paths]}}.
+    left_out: frozenset = frozenset()  # Image folders: paths that cannot be decoded, skipped.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,33 +214,151 @@ def _num_examples(builder: Any, split: Any) -> int:
     return count
 
 
-def _open_folder(name: str) -> _Source:
+# What tfds.folder_dataset.ImageFolder reads: every directory under the root is a split, every
+# directory under a split a class, and the files with these suffixes (any case) its images.
+_FOLDER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_FOLDER_LAYOUT = ("Expected root/train/<class>/*.jpg and root/test/<class>/*.jpg (JPEG or PNG; "
+                  "'validation/' or 'val/' may stand for 'test/').")
+
+_warned: set[str] = set()
+_left_out_cache: dict[str, frozenset] = {}
+
+
+def _warn_once(message: str) -> None:
+    """Prints ``warning: message`` to stderr, once per process (data sets are opened often)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def _folder_index(root: str) -> dict[str, dict[str, list[str]]]:
+    """``{split: {class: [image paths]}}`` of an image folder, as ImageFolder indexes it."""
+    def dirs(path):
+        return sorted(e.name for e in os.scandir(path) if e.is_dir())
+
+    return {split: {label: sorted(os.path.join(root, split, label, f)
+                                  for f in os.listdir(os.path.join(root, split, label))
+                                  if f.lower().endswith(_FOLDER_IMAGE_SUFFIXES))
+                    for label in dirs(os.path.join(root, split))}
+            for split in dirs(root)}
+
+
+def _check_folder_classes(name: str, index: dict, eval_split: str, classes: list[str]) -> None:
+    """Refuses classes a network cannot learn; warns of eval classes that train/ lacks."""
+    root = name[len(FOLDER_PREFIX):]
+    train = index.get("train", {})
+    learnable = [c for c in classes if train.get(c)]
+    if len(learnable) < 2:
+        raise DatasetError(
+            f"Image folder {root!r} has training images of {len(learnable)} class(es) "
+            f"({', '.join(learnable) or 'none'}): a classifier needs at least two (one "
+            f"directory per class under train/, each with images; a single class would "
+            f"reach 100% having learnt nothing). {_FOLDER_LAYOUT}")
+    in_eval = [c for c in classes if not train.get(c) and index.get(eval_split, {}).get(c)]
+    empty = [c for c in classes if not train.get(c) and c not in in_eval]
+    if empty:
+        raise DatasetError(
+            f"Image folder {root!r}: class(es) {', '.join(empty)} have no images (their "
+            f"directories are empty, or hold no JPEG or PNG); each would still get an output "
+            f"of the network. Add images under train/{empty[0]}/, or remove every "
+            f"{empty[0]}/ directory.")
+    if in_eval:
+        _warn_once(f"{name}: {eval_split}/ has images of class(es) {', '.join(in_eval)} that "
+                   f"train/ lacks: the network cannot learn them, and they count as errors in "
+                   f"the eval accuracy.")
+
+
+def _undecodable(paths: list[str], where: str) -> list[str]:
+    """The files among ``paths`` that cannot be read or decoded (one parallel pass)."""
+    print(f"checking the {len(paths):,} images of {where} for files that cannot be decoded...",
+          file=sys.stderr)
+
+    def decode(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return path, tf.size(image)
+
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    good = {path.decode() for path, _ in ds.ignore_errors().as_numpy_iterator()}
+    return [p for p in paths if p not in good]
+
+
+def _describe_bad(root: str, bad: list[str]) -> str:
+    names = [os.path.relpath(p, root) for p in bad]
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return f"{', '.join(names[:5])}{more}"
+
+
+def _open_folder(name: str, skip_bad_images: bool = False) -> _Source:
     root = os.path.expanduser(name[len(FOLDER_PREFIX):])
-    layout = ("Expected root/train/<class>/*.jpg and root/test/<class>/*.jpg "
-              "(JPEG or PNG; 'validation/' or 'val/' may stand for 'test/').")
     if not os.path.isdir(root):
-        raise DatasetError(f"Image folder {root!r} (from {name!r}) does not exist. {layout}")
+        raise DatasetError(f"Image folder {root!r} (from {name!r}) does not exist. "
+                           f"{_FOLDER_LAYOUT}")
     builder = tfds.folder_dataset.ImageFolder(root)
     splits = {s: builder.info.splits[s].num_examples for s in builder.info.splits.keys()}
     eval_split = next((s for s in ("test", "validation", "val") if splits.get(s)), None)
     if not splits.get("train") or eval_split is None:
         found = ", ".join(f"{s}/ ({n} images)" for s, n in sorted(splits.items())) or "nothing"
         raise DatasetError(f"Image folder {root!r} needs train/ and test/ splits with images; "
-                           f"found {found}. {layout}")
+                           f"found {found}. {_FOLDER_LAYOUT}")
     label = builder.info.features["label"]
+    index = _folder_index(root)
+    _check_folder_classes(name, index, eval_split, list(label.names))
+    left_out = frozenset()
+    if skip_bad_images:
+        if root not in _left_out_cache:
+            paths = [p for split in ("train", eval_split) for images in index[split].values()
+                     for p in images]
+            _left_out_cache[root] = frozenset(_undecodable(paths, f"{name} (--skip-bad-images)"))
+        left_out = _left_out_cache[root]
+        if left_out:
+            _warn_once(f"{name}: left out {len(left_out)} image(s) that cannot be decoded "
+                       f"(--skip-bad-images): {_describe_bad(root, sorted(left_out))}.")
+    kept = {s: n - sum(p in left_out for images in index.get(s, {}).values() for p in images)
+            for s, n in splits.items()}
     info = DatasetInfo(
         name=name, num_classes=label.num_classes, image_shape=(None, None, 3),
-        train_split="train", eval_split=eval_split, num_train=splits["train"],
-        num_eval=splits[eval_split], mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
+        train_split="train", eval_split=eval_split, num_train=kept["train"],
+        num_eval=kept[eval_split], mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
         class_names=tuple(label.names))
-    return _Source(info, builder, "image", "label", encoded=True, folder=True)
+    return _Source(info, builder, "image", "label", encoded=True, folder=True, index=index,
+                   left_out=left_out)
 
 
-def _open(name: str, data_dir: str | None) -> _Source:
+def _naming_bad_images(batches: Iterator, src: _Source, split: str) -> Iterator:
+    """``batches``; an image folder's decoding error becomes a :class:`DatasetError` that names
+    the files of ``split`` that cannot be decoded (TensorFlow's error names none)."""
+    try:
+        yield from batches
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError, tf.errors.NotFoundError,
+            tf.errors.PermissionDeniedError):
+        if not src.folder:
+            raise
+        paths = [p for images in src.index[split].values() for p in images
+                 if p not in src.left_out]
+        root = src.info.name[len(FOLDER_PREFIX):]
+        bad = _undecodable(paths, f"{src.info.name}, {split}/")
+        if not bad:
+            raise
+        raise DatasetError(
+            f"{len(bad)} image(s) of {src.info.name} cannot be decoded: "
+            f"{_describe_bad(os.path.expanduser(root), bad)}. Replace or remove them, or pass "
+            f"--skip-bad-images to leave them out.") from None
+
+
+def skipping_bad_images() -> Any:
+    """This module's interface (``dataset_info``, ``train_iterator``, ``eval_iterator``) with
+    the undecodable images of image folders left out: ``--skip-bad-images``."""
+    return types.SimpleNamespace(
+        dataset_info=functools.partial(dataset_info, skip_bad_images=True),
+        train_iterator=functools.partial(train_iterator, skip_bad_images=True),
+        eval_iterator=functools.partial(eval_iterator, skip_bad_images=True))
+
+
+def _open(name: str, data_dir: str | None, skip_bad_images: bool = False) -> _Source:
     if not isinstance(name, str) or not name:
         raise DatasetError(f"dataset name must be a non-empty string, got {name!r}.")
     if name.startswith(FOLDER_PREFIX):
-        return _open_folder(name)
+        return _open_folder(name, skip_bad_images)
     base = _base_name(name)
     known = base in tfds.list_builders(with_community_datasets=False)
     on_disk = data_dir is not None and os.path.isdir(os.path.join(data_dir, base))
@@ -287,13 +415,14 @@ def _open(name: str, data_dir: str | None) -> _Source:
                    encoded=height is None or width is None, folder=False)
 
 
-def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
+def dataset_info(name: str, data_dir: str | None = None, *,
+                 skip_bad_images: bool = False) -> DatasetInfo:
     """Classes, native image shape, splits and sizes, normalisation of the data set ``name``.
 
     Raises :class:`DatasetError` for an unknown name (listing close ones) or for a TFDS data set
     not prepared in ``data_dir`` (saying how to prepare it). Prepares :data:`EMBEDDED` if needed.
     """
-    return _open(name, data_dir).info
+    return _open(name, data_dir, skip_bad_images).info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,8 +479,8 @@ def _resolve_augment(augment: str, src: _Source) -> str:
 def _read_count(src: _Source, split: str, process_index: int, process_count: int) -> int:
     """Examples ``process_index`` reads of ``split`` (without building its pipeline)."""
     if src.folder:
-        return len(range(process_index, src.builder.info.splits[split].num_examples,
-                         process_count))
+        num = src.info.num_train if split == src.info.train_split else src.info.num_eval
+        return len(range(process_index, num, process_count))
     return _num_examples(src.builder, _subsplit(split, process_index, process_count))
 
 
@@ -366,6 +495,10 @@ def _read(src: _Source, split: str, process_index: int, process_count: int, *,
     decoders = {src.image_key: tfds.decode.SkipDecoding()} if src.encoded else None
     if src.folder:
         ds = src.builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+        if src.left_out:
+            left_out = tf.constant(sorted(src.left_out))
+            ds = ds.filter(lambda example: tf.logical_not(
+                tf.reduce_any(tf.equal(example["image/filename"], left_out))))
         # ImageFolder has no sub-split API: every process skips to its own examples.
         ds = ds.shard(process_count, process_index)
     else:
@@ -420,6 +553,7 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     channels: int | None = None,
+    skip_bad_images: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless training batches of this process's share of the global batch.
 
@@ -430,7 +564,7 @@ def train_iterator(
     :func:`train.augment.parse_randaugment` (None = off). ``channels``: 1 or 3 to convert grey
     and colour images to what the network takes; None keeps the data set's own.
     """
-    src = _open(name, data_dir)
+    src = _open(name, data_dir, skip_bad_images)
     local_batch = _local_batch(global_batch_size, process_index, process_count)
     image_size = _check_size(image_size)
     channels = _check_channels(channels, src)
@@ -493,7 +627,7 @@ def train_iterator(
 
         ds = ds.enumerate().map(mix, num_parallel_calls=tf.data.AUTOTUNE)
     ds = _options(ds.prefetch(tf.data.AUTOTUNE))
-    return iter(tfds.as_numpy(ds))
+    return _naming_bad_images(iter(tfds.as_numpy(ds)), src, src.info.train_split)
 
 
 def eval_iterator(
@@ -506,6 +640,7 @@ def eval_iterator(
     process_count: int = 1,
     channels: int | None = None,
     split: str | None = None,
+    skip_bad_images: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """One pass over the evaluation split, split across processes, in a fixed order.
 
@@ -514,7 +649,7 @@ def eval_iterator(
     images of label 0 and ``mask`` False. Summing over ``mask`` counts every example once.
     ``split`` reads another split the same way, unaugmented (``"train"``: what a network saw).
     """
-    src = _open(name, data_dir)
+    src = _open(name, data_dir, skip_bad_images)
     local_batch = _local_batch(global_batch_size, process_index, process_count)
     image_size = _check_size(image_size)
     channels = _check_channels(channels, src)
@@ -545,7 +680,7 @@ def eval_iterator(
     }).repeat(max(0, steps * local_batch - num_local))  # (A negative count repeats forever.)
     ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
     ds = _options(ds.prefetch(tf.data.AUTOTUNE))
-    return iter(tfds.as_numpy(ds))
+    return _naming_bad_images(iter(tfds.as_numpy(ds)), src, split)
 
 
 def read_images(paths: list[str], *, image_size: int, channels: int, name: str | None = None,

@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     except train.USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: 128 + the signal's number
+        return getattr(err, "exit_code", 130)
     return 0
 
 

@@ -36,6 +36,7 @@ from jaxcnn import convert as convert_lib
 from jaxcnn import features as features_lib
 from jaxcnn import weights as weights_lib
 from train import checkpoints as checkpoints_lib
+from train import guard as guard_lib
 from train import metrics as metrics_lib
 from train.configs.default import Config, ConfigError
 from train.data import DatasetError
@@ -50,7 +51,7 @@ DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 # Mistakes in what the user asked for (flags, data set, network, workdir): the command lines print
 # their one-line message, which names the fix, and exit with status 2.
 USER_ERRORS = (ConfigError, DatasetError, checkpoints_lib.CheckpointError,
-               jaxcnn.UnknownModelError, jaxcnn.InputShapeError)
+               jaxcnn.UnknownModelError, jaxcnn.InputShapeError, guard_lib.Diverged)
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ def load_pretrained_variables(config: Config, fresh: dict[str, Any]
     elif os.path.isdir(src):
         try:
             variables, meta = convert_lib.load_converted(src)
-        except (FileNotFoundError, weights_lib.WeightMismatchError) as err:
+        except convert_lib.LOAD_ERRORS as err:
             raise ConfigError(f"--pretrained: {err}") from err
         if meta.get("arch") != config.arch:
             raise ConfigError(
@@ -250,6 +251,8 @@ def load_pretrained_variables(config: Config, fresh: dict[str, Any]
             variables = convert_lib.load_pretrained(config.arch, src)
         except weights_lib.WeightMismatchError as err:
             raise ConfigError(f"--pretrained {src} does not fit {config.arch}: {err}") from err
+        except convert_lib.LOAD_ERRORS as err:
+            raise ConfigError(f"--pretrained: {err}") from err
         what = f"{config.arch} weights converted from {src}"
     else:
         raise ConfigError(f"--pretrained {src}: no such file or directory (pass a directory "
@@ -467,9 +470,12 @@ def build(plan: Plan, parallel: JitParallel, *,
 # --------------------------------------------------------------------------------------------
 # Data.
 # --------------------------------------------------------------------------------------------
-def default_data():
-    """The input pipeline module (``train.input_pipeline``)."""
-    return importlib.import_module("train.input_pipeline")
+def default_data(config: Config | None = None):
+    """The input pipeline (``train.input_pipeline``), as ``config`` asks to read image folders."""
+    pipeline = importlib.import_module("train.input_pipeline")
+    if config is not None and config.skip_bad_images:
+        return pipeline.skipping_bad_images()
+    return pipeline
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -604,7 +610,7 @@ def train_and_evaluate(config: Config, *, data: Any = None,
     goes to :func:`build`. A workdir with checkpoints resumes from the latest one.
     """
     initialize_distributed(config)
-    data = data or default_data()
+    data = data or default_data(config)
     plan = resolve_config(config, lambda: data.dataset_info(config.dataset, config.data_dir),
                           model_factory=model_factory)
     c, info = plan.config, plan.info
@@ -616,10 +622,13 @@ def train_and_evaluate(config: Config, *, data: Any = None,
     setup = build(plan, parallel, model_factory=model_factory, wrap_optimizer=wrap_optimizer)
     stored = c.to_dict()
 
-    # Look at existing checkpoints before writing anything into the workdir.
-    ckpts = checkpoints_lib.Checkpoints(os.path.join(c.workdir, "checkpoints"), keep=c.keep)
-    writer = None
+    # One writer per workdir, signals that stop between steps, no non-finite checkpoint.
+    guard = guard_lib.RunGuard(config.replace(workdir=c.workdir), lr=c.lr, fetch=parallel.fetch,
+                               lock=is_main)
+    ckpts = writer = None
     try:
+        # Look at existing checkpoints before writing anything into the workdir.
+        ckpts = checkpoints_lib.Checkpoints(os.path.join(c.workdir, "checkpoints"), keep=c.keep)
         start_step = ckpts.latest_step()
         try:
             if start_step is not None:
@@ -650,12 +659,16 @@ def train_and_evaluate(config: Config, *, data: Any = None,
             say(f"frozen (--freeze {c.freeze}): {', '.join(names)}")
         if start_step and c.pretrained:
             say(f"--pretrained {c.pretrained} is not used: the run resumes from its checkpoint")
-        loop = _Loop(plan, parallel, data, ckpts, writer, say, progress, stored)
+        loop = _Loop(plan, parallel, data, ckpts, writer, say, progress, stored, guard)
         state, step, eval_metrics = loop.run(state, start_step, setup.train_step, setup.eval_step)
     finally:
-        ckpts.close()  # waits for the asynchronous saves
-        if writer is not None:
-            writer.close()
+        try:
+            if ckpts is not None:
+                ckpts.close()  # waits for the asynchronous saves
+        finally:
+            if writer is not None:
+                writer.close()
+            guard.close()
 
     if is_main:
         png = metrics_lib.plot_curves(c.workdir, title=f"{c.arch} on {c.dataset}",
@@ -684,8 +697,10 @@ class _Loop:
     say: Callable[[str], None]
     progress: bool
     stored: dict[str, Any]
+    guard: guard_lib.RunGuard
 
     def save(self, step: int, state: TrainState, eval_metrics: dict | None = None) -> None:
+        self.guard.check_state(step, state, self.ckpts.latest_step(), self.ckpts.directory)
         metrics = (None if eval_metrics is None
                    else {checkpoints_lib.BEST_METRIC: eval_metrics["top1"]})
         self.ckpts.save(step, self.parallel.to_checkpoint(state), self.stored, metrics=metrics)
@@ -723,6 +738,7 @@ class _Loop:
                 t_epoch = t_window = time.time()
                 epoch_start = window_start = step
                 for batch in batches:
+                    self.between_steps(step, state, start_step)
                     state, step_metrics = train_step(state, batch)
                     pending.append(step_metrics)
                     step += 1
@@ -735,6 +751,8 @@ class _Loop:
                     if step % c.log_every == 0 or step == epoch_end:
                         # The only wait for the device inside an epoch: fetch what is pending.
                         values = _stack(parallel.fetch(pending))
+                        self.guard.check_metrics(step, values, self.ckpts.latest_step(),
+                                                 self.ckpts.directory)
                         pending = []
                         now = time.time()
                         rate = (step - window_start) * gbs / max(now - t_window, 1e-9)
@@ -746,7 +764,8 @@ class _Loop:
                                           epoch=step / spe)
                         bar.set_postfix(loss=f"{means['loss']:.4f}",
                                         acc=f"{100 * means['accuracy']:.1f}%", refresh=False)
-                    if c.checkpoint_every and step % c.checkpoint_every == 0:
+                    if (c.checkpoint_every and step % c.checkpoint_every == 0
+                            and not self.evaluates_at(step)):  # that save carries eval metrics
                         self.save(step, state)
                 bar.close()
                 if step == epoch_start:
@@ -758,23 +777,49 @@ class _Loop:
                         f"{_format_train(logged)} | "
                         f"{(step - epoch_start) * gbs / max(seconds, 1e-9):,.0f} img/s | "
                         f"{seconds:.1f}s")
-                at_epoch_end = step == (epoch + 1) * spe
-                if step >= plan.last_step or (at_epoch_end and (epoch + 1) % c.eval_every == 0):
+                if self.evaluates_at(step):
                     eval_metrics = self.evaluate(state, eval_step, step)
                     evaluated_at = step
                     line += " | " + _format_eval(eval_metrics, c.num_classes)
                 self.say(line)
                 self.writer.flush()
-        except KeyboardInterrupt:
+        except guard_lib.Stopped:
+            raise
+        except (KeyboardInterrupt, DatasetError) as err:
+            # Ctrl-C raised by code (no handler outside the main thread), or bad data met
+            # mid-run (an image that cannot be decoded): the state is that of a finished step.
             if jax.process_count() == 1 and step > start_step:
                 self.save(step, state)
                 self.ckpts.wait()
-                self.say(f"\ninterrupted at step {step}: checkpoint saved in "
+                what = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped"
+                self.say(f"\n{what} at step {step}: checkpoint saved in "
                          f"{self.ckpts.directory}; run the same command again to resume.")
             raise
         if evaluated_at != step:  # resumed a finished run: evaluate it again
             eval_metrics = self.evaluate(state, eval_step, step)
         return state, step, eval_metrics
+
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the run evaluates after ``step`` steps (and saves with the eval metrics)."""
+        spe = self.plan.steps_per_epoch
+        return step >= self.plan.last_step or (
+            step % spe == 0 and (step // spe) % self.plan.config.eval_every == 0)
+
+    def between_steps(self, step: int, state: TrainState, start_step: int) -> None:
+        """Stops the run here, after ``step`` steps, if a save failed or a signal asked to."""
+        self.ckpts.poll()
+        if not self.guard.should_stop(step):
+            return
+        stopped = self.guard.stopped(saved=step > start_step)
+        if stopped.saved:
+            self.save(step, state)
+            self.ckpts.wait()
+            self.say(f"{stopped}: stopped at step {step}, checkpoint saved in "
+                     f"{self.ckpts.directory}; run the same command again to resume.")
+        else:
+            self.say(f"{stopped}: stopped at step {step}, before training further; nothing new "
+                     f"to save.")
+        raise stopped
 
 
 def _format_train(logged: list[tuple[int, dict[str, float]]]) -> str:

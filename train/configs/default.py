@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import shlex
 from typing import Any
 
 OPTIMIZERS = ("sgd", "nesterov", "adamw", "rmsprop", "lars", "lamb")
@@ -49,6 +50,9 @@ class Config:
                       "5,000 real MNIST digits (4,000 train / 1,000 test), nothing to download")
     data_dir: str | None = _f(None, "TFDS data directory (default: TFDS's own, "
                               "~/tensorflow_datasets or $TFDS_DATA_DIR)")
+    skip_bad_images: bool = _f(False, "image folders (--dataset folder:...): leave out the "
+                               "images that cannot be decoded, listed when the run starts "
+                               "(default: stop at the first one, naming every such file)")
     num_classes: int | None = _f(None, "classifier outputs (default: the dataset's classes)")
     image_size: int | None = _f(None, "square training/eval image size (default: the larger of "
                                 "the dataset's image size and the smallest input the network "
@@ -157,6 +161,22 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def command_line(self, **changes: Any) -> str:
+        """The ``python -m train.main`` command that asks for this config with ``changes``: the
+        flags whose values differ from the defaults (what ``train.main`` parses back)."""
+        config, defaults = self.replace(**changes), get_config()
+        words = ["python", "-m", "train.main"]
+        for field in dataclasses.fields(config):
+            value = getattr(config, field.name)
+            if value is None or value == getattr(defaults, field.name):
+                continue
+            flag = field.name.replace("_", "-")
+            if isinstance(value, bool):
+                words.append(f"--{flag}" if value else f"--no-{flag}")
+            else:
+                words += [f"--{flag}", str(value)]
+        return shlex.join(words)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Config":
