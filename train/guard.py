@@ -36,7 +36,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -240,14 +240,12 @@ class RunGuard:
     """The safety of one training run: its workdir lock, its signals, its divergence checks.
 
     ``config`` is the run as asked for (its flags, with the workdir filled in: the recovery
-    advice repeats them), ``lr`` the learning rate it resolved to; ``fetch`` brings a device
-    value to the host (``parallel.fetch``). Only the process that writes the logs (``lock``)
+    advice repeats them), ``lr`` the learning rate it resolved to. Only the process that writes the logs (``lock``)
     takes the workdir's lock: the processes of one multi-host run share it.
     """
 
-    def __init__(self, config: Config, *, lr: float, fetch: Callable[[Any], Any],
-                 lock: bool = True):
-        self.config, self.lr, self.fetch = config, lr, fetch
+    def __init__(self, config: Config, *, lr: float, lock: bool = True):
+        self.config, self.lr = config, lr
         self.lock = WorkdirLock(config.workdir).acquire() if lock else None
         self.signals = StopSignals().install()
 
@@ -272,7 +270,9 @@ class RunGuard:
 
     def check_state(self, step: int, state: Any, last_good: int | None, directory: str) -> None:
         """Raises :class:`Diverged` instead of saving a state with non-finite numbers."""
-        if not bool(self.fetch(all_finite(state))):
+        # One scalar whatever the layout (pmap's stacked replicas reduce to it too); read the
+        # local copy, as a global replicated array may not be fully addressable here.
+        if not np.asarray(all_finite(state).addressable_data(0)).all():
             raise self._diverged(step, "the weights or optimizer state hold non-finite numbers",
                                  last_good, directory)
 

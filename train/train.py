@@ -623,8 +623,7 @@ def train_and_evaluate(config: Config, *, data: Any = None,
     stored = c.to_dict()
 
     # One writer per workdir, signals that stop between steps, no non-finite checkpoint.
-    guard = guard_lib.RunGuard(config.replace(workdir=c.workdir), lr=c.lr, fetch=parallel.fetch,
-                               lock=is_main)
+    guard = guard_lib.RunGuard(config.replace(workdir=c.workdir), lr=c.lr, lock=is_main)
     ckpts = writer = None
     try:
         # Look at existing checkpoints before writing anything into the workdir.
