@@ -361,19 +361,65 @@ def _subsplit(split: str, process_index: int, process_count: int) -> Any:
 
 
 def _read(src: _Source, split: str, process_index: int, process_count: int, *,
-          shuffle_seed: int | None) -> tuple[tf.data.Dataset, int]:
-    """This process's share of ``split`` (undecoded where images vary in size), and its size."""
+          shuffle_seed: int | None, with_ids: bool = False) -> tuple[tf.data.Dataset, int]:
+    """This process's share of ``split`` (undecoded where images vary in size), and its size.
+
+    ``with_ids`` adds each example's ``tfds_id``, its stable name in the prepared records."""
     decoders = {src.image_key: tfds.decode.SkipDecoding()} if src.encoded else None
     if src.folder:
         ds = src.builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
         # ImageFolder has no sub-split API: every process skips to its own examples.
         ds = ds.shard(process_count, process_index)
     else:
-        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
+                                      add_tfds_id=with_ids)
         ds = src.builder.as_dataset(split=_subsplit(split, process_index, process_count),
                                     shuffle_files=shuffle_seed is not None, decoders=decoders,
                                     read_config=read_config)
     return ds, _read_count(src, split, process_index, process_count)
+
+
+def labelled_subset(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """The sorted indices of ``count`` examples whose labels semi-supervised training keeps.
+
+    Stratified: every class keeps one, the rest are shared among the classes in proportion to
+    their sizes (largest remainders first); which examples of a class, ``seed`` draws.
+    """
+    labels = np.asarray(labels)
+    classes, sizes = np.unique(labels, return_counts=True)
+    if not len(classes) <= count <= len(labels):
+        raise ValueError(f"count={count} must be between the {len(classes)} classes and the "
+                         f"{len(labels)} examples.")
+    share = (count - len(classes)) * sizes / len(labels)
+    quota = 1 + np.floor(share).astype(int)
+    quota = np.minimum(quota, sizes)
+    for i in np.argsort(-(share - np.floor(share)), kind="stable"):
+        if quota.sum() >= count:
+            break
+        quota[i] += quota[i] < sizes[i]
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(chosen))
+
+
+def _labelled_table(src: _Source, count: int, seed: int) -> tf.lookup.StaticHashTable:
+    """``tfds_id -> 1`` for the ``count`` training examples that keep their labels, the same
+    on every process (chosen from the whole split, by :func:`labelled_subset`)."""
+    if src.folder:
+        raise DatasetError(f"labelled={count}: semi-supervised training needs a TFDS data set "
+                           f"(prepared records name each example); {src.info.name} is an image "
+                           f"folder: keep only the labelled images in it instead.")
+    ds, _ = _read(src, src.info.train_split, 0, 1, shuffle_seed=None, with_ids=True)
+    ds = ds.map(lambda ex: (ex["tfds_id"], ex[src.label_key]), num_parallel_calls=tf.data.AUTOTUNE)
+    ids, labels = [], []
+    for tfds_id, label in tfds.as_numpy(ds.batch(4096)):
+        ids.append(tfds_id)
+        labels.append(label)
+    ids, labels = np.concatenate(ids), np.concatenate(labels)
+    keep = ids[labelled_subset(labels, count, seed)]
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keep), tf.ones(len(keep), tf.int32)),
+        default_value=0)
 
 
 def _normaliser(src: _Source, channels: int):
@@ -420,6 +466,8 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     channels: int | None = None,
+    labelled: int | None = None,
+    labelled_seed: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless training batches of this process's share of the global batch.
 
@@ -428,7 +476,10 @@ def train_iterator(
     reproducible. ``mixup``/``cutmix`` are the Beta(alpha, alpha) parameters (0 = off); with
     either on, ``label`` holds float32 mixed one-hot targets. ``randaugment``: see
     :func:`train.augment.parse_randaugment` (None = off). ``channels``: 1 or 3 to convert grey
-    and colour images to what the network takes; None keeps the data set's own.
+    and colour images to what the network takes; None keeps the data set's own. ``labelled``:
+    semi-supervised training, only that many training examples keep their label (stratified by
+    class, chosen by ``labelled_seed``, the same in every epoch and on every process); the
+    others get label -1.
     """
     src = _open(name, data_dir)
     local_batch = _local_batch(global_batch_size, process_index, process_count)
@@ -446,8 +497,12 @@ def train_iterator(
     normalise = _normaliser(src, channels)
     num_classes = src.info.num_classes
 
+    if labelled is not None and (mixup > 0 or cutmix > 0):
+        raise ValueError("labelled= keeps integer labels (-1 for the unlabelled); it cannot be "
+                         "combined with mixup or cutmix.")
+    keep = None if labelled is None else _labelled_table(src, labelled, labelled_seed)
     ds, num_local = _read(src, src.info.train_split, process_index, process_count,
-                          shuffle_seed=int(seed) % (1 << 31))
+                          shuffle_seed=int(seed) % (1 << 31), with_ids=keep is not None)
     if not src.encoded:
         height, width, _ = src.info.image_shape
         if num_local * height * width * native_c <= _CACHE_BYTES:
@@ -479,7 +534,10 @@ def train_iterator(
         image = tf.ensure_shape(image, [image_size, image_size, native_c])
         if rand_augment is not None:
             image = aug.randaugment(aug.to_uint8(image), ra_seed, rand_augment)
-        return {"image": normalise(image), "label": tf.cast(example[src.label_key], tf.int32)}
+        label = tf.cast(example[src.label_key], tf.int32)
+        if keep is not None:
+            label = tf.where(keep.lookup(example["tfds_id"]) > 0, label, -1)
+        return {"image": normalise(image), "label": label}
 
     ds = ds.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch, drop_remainder=True)

@@ -62,6 +62,19 @@ class Config:
     aux_weight: float | None = _f(None, "loss weight of the auxiliary classifiers of networks "
                                   "that have them (default: 0.3 for GoogLeNet, 0.4 for Inception "
                                   "v3, 0 elsewhere; 0 builds the network without them)")
+    objective: str | None = _f(None, "what to train the network for (train/objectives.py): "
+                               "classification, or swwae (classification and reconstruction "
+                               "terms, Zhao et al. 2016); default: the one the network "
+                               "declares, swwae for whatwhere_*, classification elsewhere")
+    lambda_rec: float | None = _f(None, "swwae objective: weight of the input reconstruction "
+                                  "term, the mean of (x - x_rec)^2 (default: 1)")
+    lambda_mid: float | None = _f(None, "swwae objective: weight of the middle reconstruction "
+                                  "terms, the sum over layers of the mean of (x_l - x_rec_l)^2 "
+                                  "(default: 1)")
+    labelled: int | None = _f(None, "swwae objective: keep the labels of this many training "
+                              "images (stratified by class, chosen by --seed); the others only "
+                              "count in the reconstruction terms: semi-supervised training "
+                              "(default: every label)")
 
     # Transfer learning.
     pretrained: str | None = _f(None, "start from pretrained weights: a directory written by "
