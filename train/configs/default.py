@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import re
 from typing import Any
 
 OPTIMIZERS = ("sgd", "nesterov", "adamw", "rmsprop", "lars", "lamb")
@@ -312,7 +313,8 @@ def apply_recipe(config: Config) -> Config:
     base_lr, weight_decay = ((recipe.base_lr, recipe.weight_decay) if optimizer == recipe.optimizer
                              else OPTIMIZER_DEFAULTS[optimizer])
     batch_size = c.batch_size or recipe.batch_size
-    epochs = c.epochs or DATASET_EPOCHS.get(c.dataset, recipe.epochs)
+    # A data set's configs and versions (mnist_sample/rts, cifar10:3.0.2) share its schedule.
+    epochs = c.epochs or DATASET_EPOCHS.get(re.split(r"[:/]", c.dataset)[0], recipe.epochs)
     schedule = c.schedule or recipe.schedule
 
     def auto(value: Any, default: Any) -> Any:
