@@ -436,6 +436,51 @@ def max_unpool(x: jax.Array, switches: jax.Array, output_size: tuple[int, int]) 
     return flat.reshape(n, h, w, c)
 
 
+def _window_taps(x: jax.Array, window: int) -> jax.Array:
+    """The non-overlapping ``window`` x ``window`` windows of ``x`` (sizes floored), each
+    flattened in row-major order: (N, H // window, W // window, C, window * window)."""
+    n, h, w, c = x.shape
+    oh, ow = h // window, w // window
+    x = x[:, :oh * window, :ow * window].reshape(n, oh, window, ow, window, c)
+    return x.transpose(0, 1, 3, 5, 2, 4).reshape(n, oh, ow, c, window * window)
+
+
+def soft_pool_with_positions(x: jax.Array, window: int, beta: float
+                             ) -> tuple[jax.Array, jax.Array]:
+    """Soft max pooling and its soft "where" (Zhao et al. 2016, the soft SWWAE variant).
+
+    Within each non-overlapping ``window`` x ``window`` window (sizes floored, as
+    :func:`max_pool`), the weights ``softmax(beta * x)`` give the *what*, the weighted mean of
+    the values, and the *where*, the weighted mean of the (row, col) offsets: a position in
+    ``[0, window - 1]`` on both axes, float32, shaped (N, H', W', C, 2). Both are differentiable;
+    as ``beta`` grows they become max pooling and its switches.
+    """
+    taps = _window_taps(x, window)
+    weights = jax.nn.softmax(beta * taps.astype(jnp.float32), axis=-1)
+    pooled = jnp.sum(weights * taps, axis=-1).astype(x.dtype)
+    offsets = jnp.arange(window * window)
+    rows = jnp.sum(weights * (offsets // window), axis=-1)
+    cols = jnp.sum(weights * (offsets % window), axis=-1)
+    return pooled, jnp.stack([rows, cols], axis=-1)
+
+
+def soft_unpool(x: jax.Array, positions: jax.Array, output_size: tuple[int, int],
+                window: int) -> jax.Array:
+    """Puts each value at its soft position, shared bilinearly among the nearest pixels of its
+    ``window``: the inverse of :func:`soft_pool_with_positions` (at integer positions, exactly
+    :func:`max_unpool`). ``output_size`` is the (H, W) of the pooled input; the rows and
+    columns that pooling floored away are zeros."""
+    n, oh, ow, c = x.shape
+    offsets = jnp.arange(window, dtype=jnp.float32)
+    # The bilinear ("tent") weight of each offset, per axis: 1 at the position, 0 a pixel away.
+    row_w = jnp.maximum(0.0, 1.0 - jnp.abs(positions[..., 0, None] - offsets))
+    col_w = jnp.maximum(0.0, 1.0 - jnp.abs(positions[..., 1, None] - offsets))
+    spread = (x[..., None, None] * (row_w[..., :, None] * col_w[..., None, :]).astype(x.dtype))
+    spread = spread.transpose(0, 1, 4, 2, 5, 3).reshape(n, oh * window, ow * window, c)
+    h, w = output_size
+    return jnp.pad(spread, [(0, 0), (0, h - oh * window), (0, w - ow * window), (0, 0)])
+
+
 def keras_correct_pad(size: tuple[int, int], kernel_size: int) -> tuple[tuple[int, int], ...]:
     """Keras' ``correct_pad``: the ZeroPadding its applications put before a stride-2 conv.
 

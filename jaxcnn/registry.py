@@ -90,11 +90,12 @@ class ModelInfo:
     module: str
     min_size: int
     converters: tuple[Converter, ...] = ()
+    objective: str = "classification"
 
 
 def model_info(name: str) -> ModelInfo:
     """Default input (H, W, C), number of classes, the reference followed, published figures,
-    converters."""
+    converters, the objective it trains for."""
     key = resolve(name)
     spec = _REGISTRY[key]
     module = getattr(spec.builder, "func", spec.builder)
@@ -107,6 +108,7 @@ def model_info(name: str) -> ModelInfo:
         module=f"{module.__module__}.{module.__qualname__}",
         min_size=spec.builder(num_classes=spec.num_classes).min_size,
         converters=spec.converters,
+        objective=spec.objective,
     )
 
 

@@ -92,7 +92,13 @@ class Converter:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A registered variant: builder, default input, the reference it follows, figures, converters."""
+    """A registered variant: builder, default input, the reference it follows, figures, converters.
+
+    ``objective`` names what the network is trained for, the trainer's objective of that name
+    (``train.objectives``): ``"classification"`` (cross-entropy on the labels, plus the
+    auxiliary classifiers of the networks that have them) or ``"swwae"`` (Zhao et al.'s
+    classification and reconstruction terms, for networks that sow their reconstructions).
+    """
 
     builder: Callable[..., nn.Module]
     input_shape: tuple[int, int, int]
@@ -100,6 +106,7 @@ class ModelSpec:
     num_classes: int = 1000
     published: tuple[Published, ...] = ()
     converters: tuple[Converter, ...] = ()
+    objective: str = "classification"
 
 
 class WeightMismatchError(ValueError):

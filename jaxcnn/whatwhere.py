@@ -20,17 +20,28 @@ maps, "2p" a 2x2 max-pooling, "10fc" a fully connected layer) and publishes no p
 counts. ``whatwhere_mnist`` is a small network in that style, (16)5c-2p-(32)5c-2p-10fc on
 28x28 MNIST, with "same" padding so that pooling and unpooling line up (28 -> 14 -> 7). It is a
 configuration chosen for this library, not one of the paper's tables. Further choices, all
-within the paper's description: hard (argmax) switches rather than the paper's soft variant;
-ReLU after every convolution of the encoder and of the decoder except the last decoder layer,
-which is linear so that it can reconstruct normalised (signed) pixels; the decoder starts
-from the top pooled maps, and its convolutions are ordinary stride-1 convolutions (a stride-1
-transposed convolution is one, with a flipped kernel); no batch normalisation or dropout.
+within the paper's description: ReLU after every convolution of the encoder and of the decoder
+except the last decoder layer, which is linear so that it can reconstruct normalised (signed)
+pixels; the decoder starts from the top pooled maps, and its convolutions are ordinary
+stride-1 convolutions (a stride-1 transposed convolution is one, with a flipped kernel); no
+batch normalisation or dropout.
+
+The paper pools in two ways. With *hard* switches (``whatwhere_mnist``) the what is the maximum
+of each window and the where its position, and unpooling puts the value back there. Its *soft*
+variant (``whatwhere_mnist_soft``, field ``soft_pool_beta``) weighs each window by
+``softmax(beta * z)``: the what is the weighted mean of the values, the where the weighted mean
+of the positions (a soft argmax, between pixels), and unpooling shares the value bilinearly
+among the pixels around that position (:func:`jaxcnn.layers.soft_pool_with_positions`,
+:func:`jaxcnn.layers.soft_unpool`). Both tend to the hard switches as ``beta`` grows; the soft
+ones pass gradients to every value of a window and to the positions themselves.
 
 ===============  =========================  ========  ===============================
 variant          encoder                    input     params (no published figure)
 ===============  =========================  ========  ===============================
 whatwhere_mnist  (16)5c-2p-(32)5c-2p-10fc   28x28x1   42,155 (encoder 28,938, decoder
                                                       13,217)
+whatwhere_mnist  the same, soft pooling     28x28x1   42,155 (soft pooling has no
+_soft            (beta 1)                             parameters)
 ===============  =========================  ========  ===============================
 
 The classifier flattens the top maps, so the count depends on the input size; any input of at
@@ -49,6 +60,7 @@ import jax.numpy as jnp
 
 from jaxcnn.layers import (
     Classifier, check_image, max_pool_with_switches, max_unpool, pair_padding,
+    soft_pool_with_positions, soft_unpool,
 )
 from jaxcnn.spec import ModelSpec
 
@@ -60,11 +72,15 @@ class WhatWhereAutoencoder(Classifier):
     in ``intermediates``: ``reconstruction`` (the input's, float32) and
     ``middle_reconstructions``, a tuple of ``(encoder_what, decoder_what)`` pairs from the
     bottom layer up (float32), the operands of the middle losses.
+
+    ``soft_pool_beta``: ``None`` pools with hard switches (max pooling and its argmax); a
+    number pools softly at that inverse temperature (the paper's soft variant).
     """
 
     features: tuple[int, ...] = (16, 32)
     kernel_size: int = 5
     pool_size: int = 2
+    soft_pool_beta: float | None = None
     num_classes: int = dataclasses.field(default=10, kw_only=True)
 
     @property
@@ -90,12 +106,19 @@ class WhatWhereAutoencoder(Classifier):
             padding=pair_padding(self.kernel_size // 2), dtype=self.dtype,
         )
 
+        k, beta = self.pool_size, self.soft_pool_beta
+        if beta is None:
+            pool, unpool = functools.partial(max_pool_with_switches, window=k), max_unpool
+        else:
+            pool = functools.partial(soft_pool_with_positions, window=k, beta=beta)
+            unpool = functools.partial(soft_unpool, window=k)
+
         whats, wheres, sizes = [], [], []
         what = x
         for i, f in enumerate(self.features, 1):
             h = nn.relu(conv(f, name=f"conv{i}")(what))
             sizes.append(h.shape[1:3])
-            what, where = max_pool_with_switches(h, self.pool_size)
+            what, where = pool(h)
             whats.append(what)
             wheres.append(where)
 
@@ -105,7 +128,7 @@ class WhatWhereAutoencoder(Classifier):
         decoded = what
         middle = []
         for i in reversed(range(len(self.features))):
-            decoded = max_unpool(decoded, wheres[i], sizes[i])
+            decoded = unpool(decoded, wheres[i], sizes[i])
             out_channels = self.features[i - 1] if i > 0 else in_channels
             decoded = conv(out_channels, name=f"deconv{i + 1}")(decoded)
             if i > 0:
@@ -164,5 +187,14 @@ MODELS: dict[str, ModelSpec] = {
         reference="Zhao et al. 2015 (SWWAE), (16)5c-2p-(32)5c-2p-10fc in the paper's notation; "
                   "no reference implementation",
         num_classes=10,
+        objective="swwae",
+    ),
+    "whatwhere_mnist_soft": ModelSpec(
+        builder=functools.partial(WhatWhereAutoencoder, soft_pool_beta=1.0),
+        input_shape=(28, 28, 1),
+        reference="Zhao et al. 2015 (SWWAE), soft pooling, (16)5c-2p-(32)5c-2p-10fc in the "
+                  "paper's notation; no reference implementation",
+        num_classes=10,
+        objective="swwae",
     ),
 }

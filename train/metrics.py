@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 import time
-from typing import Any
+from typing import Any, Sequence
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -108,8 +108,11 @@ class MetricWriter:
 
 
 def plot_curves(workdir: str, path: str | None = None, title: str | None = None,
-                top5: bool = True) -> str | None:
-    """Draws loss, accuracy and learning rate against epochs into a PNG; returns its path."""
+                top5: bool = True, terms: Sequence[str] = ()) -> str | None:
+    """Draws loss, accuracy and learning rate against epochs into a PNG; returns its path.
+
+    ``terms`` are further training metrics (an objective's, such as SWWAE's reconstruction
+    terms), drawn in a fourth panel."""
     records = read_metrics(workdir)
     train = [r for r in records if r.get("split") == "train"]
     evals = [r for r in records if r.get("split") == "eval"]
@@ -122,8 +125,9 @@ def plot_curves(workdir: str, path: str | None = None, title: str | None = None,
     def xs(rs):
         return [r.get("epoch", r["step"]) for r in rs]
 
-    fig = Figure(figsize=(15, 4))
-    axes = fig.subplots(1, 3)
+    terms = [t for t in terms if any(t in r for r in train)]
+    fig = Figure(figsize=(20 if terms else 15, 4))
+    axes = fig.subplots(1, 4 if terms else 3)
     ax = axes[0]
     ax.plot(xs(train), [r["loss"] for r in train], label="train")
     if evals:
@@ -139,6 +143,12 @@ def plot_curves(workdir: str, path: str | None = None, title: str | None = None,
     ax = axes[2]
     ax.plot(xs(train), [r["lr"] for r in train])
     ax.set_title("learning rate")
+    if terms:
+        ax = axes[3]
+        for term in terms:
+            ax.plot(xs(train), [r.get(term, float("nan")) for r in train], label=term)
+        ax.set_title("objective terms (train)")
+        ax.legend()
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -147,13 +157,52 @@ def plot_curves(workdir: str, path: str | None = None, title: str | None = None,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = path or os.path.join(workdir, CURVES_FILE)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
+    return save_figure(fig, path or os.path.join(workdir, CURVES_FILE))
+
+
+def save_figure(fig: Any, path: str, dpi: int = 100) -> str:
+    """Writes a Matplotlib figure to the PNG ``path`` atomically (its folder is made);
+    returns ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def draw_image_rows(path: str, rows: Sequence[tuple[str, Any]], title: str = "") -> str:
+    """Draws rows of images side by side into the PNG ``path``; returns ``path``.
+
+    ``rows`` are ``(label, images)`` with images (N, H, W, C), grey or RGB, in any units: each
+    row is scaled to its own range, so rows of different units (inputs and reconstructions,
+    digits before and after a transform) compare by shape.
+    """
+    import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: a notebook's backend stays as it is
+
+    count = max(len(images) for _, images in rows)
+    fig = Figure(figsize=(1.1 * count + 1.2, 1.2 * len(rows) + (0.4 if title else 0.1)))
+    axes = np.asarray(fig.subplots(len(rows), count, squeeze=False))
+    for (label, images), row in zip(rows, axes):
+        images = np.asarray(images, np.float32)
+        low, high = float(images.min()), float(images.max())
+        for i, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i >= len(images):
+                ax.axis("off")
+                continue
+            image = (images[i] - low) / max(high - low, 1e-8)
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray",
+                      vmin=0.0, vmax=1.0, interpolation="nearest")
+        row[0].set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=80)

@@ -3,9 +3,10 @@
 :func:`resolve_config` fills every field left at ``None`` ("auto") and checks what no flag can
 check alone. What an architecture's published recipe decides (optimizer, learning rate,
 schedule, epochs ...) is :func:`train.configs.default.apply_recipe`'s; what the data set, the
-network and the devices decide (classes, image size, channels, dtype, eval batch) is here, with
-the numbers derived from both (steps per epoch, the schedule's length). Training, evaluation and
-the benchmark all resolve through it, then build through :func:`train.train.build`.
+network and the devices decide (classes, image size, channels, dtype, eval batch, the objective
+and its flags: ``train.objectives``) is here, with the numbers derived from both (steps per
+epoch, the schedule's length). Training, evaluation and the benchmark all resolve through it,
+then build through :func:`train.train.build`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax
 import jaxcnn
 from train.configs.default import Config, ConfigError, apply_recipe
 from train.data import DatasetInfo
+from train.objectives import resolve_objective
 from train.parallel import check_divisible
 
 
@@ -121,6 +123,9 @@ def resolve_config(config: Config, info: DatasetInfo | Callable[[], DatasetInfo]
             raise ConfigError(f"--aux-weight {config.aux_weight}: {arch} has no auxiliary "
                               f"classifiers; omit the flag.")
         resolved = resolved.replace(aux_weight=0.0)  # the recipe's, for a variant without them
+    resolved = resolve_objective(
+        resolved, network_objective=minfo.objective if minfo else "classification",
+        num_train=info.num_train, num_classes=num_classes)
 
     steps_per_epoch = info.num_train // batch_size
     if steps_per_epoch < 1:

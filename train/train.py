@@ -40,6 +40,7 @@ from train import guard as guard_lib
 from train import metrics as metrics_lib
 from train.configs.default import Config, ConfigError
 from train.data import DatasetError
+from train.objectives import Objective, Shown, cross_entropy, describe_objective, objective_of
 from train.parallel import JitParallel, initialize_distributed, make_parallel
 from train.plan import Plan, resolve_config
 
@@ -304,28 +305,20 @@ def adapt_channels(images: jax.Array, channels: int) -> jax.Array:
     return jnp.mean(images, axis=-1, keepdims=True)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
-                  label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross-entropy in float32; ``labels`` are ints or soft targets."""
-    targets = (jax.nn.one_hot(labels, num_classes) if labels.ndim == 1
-               else labels.astype(jnp.float32))
-    if label_smoothing:
-        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, config: Config, *, axis_name: str | None = None,
-                    frozen: frozenset = frozenset()
+                    frozen: frozenset = frozenset(), objective: Objective | None = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """One training step on a batch (the global batch under jit, a replica's under pmap).
 
-    The top-level layers in ``frozen`` get no gradient (nor its cost), and keep their
-    parameters and BatchNorm statistics bit for bit.
+    ``objective`` (default: the config's, see ``train.objectives``) computes the loss and the
+    metrics from the network's output and the collections it asks for. The top-level layers in
+    ``frozen`` get no gradient (nor its cost), and keep their parameters and BatchNorm
+    statistics bit for bit.
     """
     k = config.grad_accum
-    aux_weight = config.aux_weight or 0.0
-    mutable = ["batch_stats"] + (["aux_logits"] if aux_weight else [])
+    objective = objective or objective_of(config)
+    mutable = ["batch_stats", *objective.collections]
     dropout_root = jax.random.fold_in(jax.random.key(config.seed), 1)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -344,16 +337,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             variables = {"params": params}
             if state.batch_stats:
                 variables["batch_stats"] = state.batch_stats
-            logits, new_vars = model.apply(variables, images, train=True,
-                                           rngs={"dropout": key}, mutable=mutable)
-            ce = cross_entropy(logits, labels, config.num_classes, config.label_smoothing).mean()
-            loss = ce
-            for aux in jax.tree.leaves(new_vars.get("aux_logits", {})):
-                loss = loss + aux_weight * cross_entropy(
-                    aux, labels, config.num_classes, config.label_smoothing).mean()
-            return loss, (ce, logits, new_vars.get("batch_stats", {}))
+            outputs, new_vars = model.apply(variables, images, train=True,
+                                            rngs={"dropout": key}, mutable=mutable)
+            loss, metrics = objective.loss(outputs, new_vars, images, labels)
+            return loss, (metrics, new_vars.get("batch_stats", {}))
 
-        (loss, (ce, logits, batch_stats)), grads = jax.value_and_grad(
+        (_, (objective_metrics, batch_stats)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(state.params)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
@@ -376,15 +365,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                 averaged = jax.tree.map(lambda a, e: jnp.where(updated, a, e), averaged, ema)
             ema = averaged
 
-        target = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
-        metrics = {
-            "loss": ce,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == target),
-            "lr": schedule(state.step // k),
-            "grad_norm": optax.global_norm(grads),
-        }
-        if aux_weight:
-            metrics["total_loss"] = loss
+        metrics = {**objective_metrics, "lr": schedule(state.step // k),
+                   "grad_norm": optax.global_norm(grads)}
         if axis_name is not None:
             metrics = jax.lax.pmean(metrics, axis_name)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
@@ -431,6 +413,7 @@ class Setup:
     eval_step: Callable  # (variables, batch) -> sums of loss, top-1, top-5 and count
     frozen: frozenset  # the top-level layers that --freeze keeps fixed
     layer_order: list[str]  # the top-level layers in call order, when freezing asked for it
+    objective: Objective  # what the train step minimises and reports
 
 
 def build(plan: Plan, parallel: JitParallel, *,
@@ -459,12 +442,13 @@ def build(plan: Plan, parallel: JitParallel, *,
     tx = create_optimizer(c, schedule, labels)
     if wrap_optimizer is not None:
         tx = wrap_optimizer(tx)
+    objective = objective_of(c)
     return Setup(
         model=model, schedule=schedule, tx=tx, init_fn=make_init_fn(model, tx, c),
-        train_step=parallel.compile_train(
-            make_train_step(model, tx, schedule, c, axis_name=axis_name, frozen=frozen)),
+        train_step=parallel.compile_train(make_train_step(
+            model, tx, schedule, c, axis_name=axis_name, frozen=frozen, objective=objective)),
         eval_step=parallel.compile_eval(make_eval_step(model, c, axis_name=axis_name)),
-        frozen=frozen, layer_order=order)
+        frozen=frozen, layer_order=order, objective=objective)
 
 
 # --------------------------------------------------------------------------------------------
@@ -658,7 +642,9 @@ def train_and_evaluate(config: Config, *, data: Any = None,
             say(f"frozen (--freeze {c.freeze}): {', '.join(names)}")
         if start_step and c.pretrained:
             say(f"--pretrained {c.pretrained} is not used: the run resumes from its checkpoint")
-        loop = _Loop(plan, parallel, data, ckpts, writer, say, progress, stored, guard)
+        loop = _Loop(plan, parallel, data, ckpts, writer, say, progress, stored, guard,
+                     setup.objective, epoch_end=_epoch_figures(setup, plan, parallel, data,
+                                                               is_main, say))
         state, step, eval_metrics = loop.run(state, start_step, setup.train_step, setup.eval_step)
     finally:
         try:
@@ -671,7 +657,8 @@ def train_and_evaluate(config: Config, *, data: Any = None,
 
     if is_main:
         png = metrics_lib.plot_curves(c.workdir, title=f"{c.arch} on {c.dataset}",
-                                      top5=c.num_classes > 10)
+                                      top5=c.num_classes > 10,
+                                      terms=setup.objective.terms)
         if png:
             say(f"training curves: {png}")
     final = parallel.fetch({"params": state.params, "batch_stats": state.batch_stats})
@@ -697,6 +684,9 @@ class _Loop:
     progress: bool
     stored: dict[str, Any]
     guard: guard_lib.RunGuard
+    objective: Objective
+    # Called with the state and the number of epochs done after each epoch's line (figures).
+    epoch_end: Callable[[TrainState, int], None] | None = None
 
     def save(self, step: int, state: TrainState, eval_metrics: dict | None = None) -> None:
         self.guard.check_state(step, state, self.ckpts.latest_step(), self.ckpts.directory)
@@ -726,7 +716,8 @@ class _Loop:
                     c.dataset, data_dir=c.data_dir, global_batch_size=gbs,
                     image_size=c.image_size, seed=epoch_seed(c.seed, epoch), augment=c.augment,
                     mixup=c.mixup, cutmix=c.cutmix, randaugment=c.randaugment,
-                    process_index=jax.process_index(), process_count=jax.process_count())
+                    process_index=jax.process_index(), process_count=jax.process_count(),
+                    **self.objective.data_options(c))
                 # A resumed run skips the batches of the epoch it already trained on, so it
                 # sees exactly the batches an uninterrupted run would.
                 batches = prefetch(itertools.islice(iterator, skip, skip + epoch_end - step),
@@ -761,8 +752,8 @@ class _Loop:
                         logged.append((len(values["loss"]), means))
                         self.writer.write(step, "train", {**means, "images_per_sec": rate},
                                           epoch=step / spe)
-                        bar.set_postfix(loss=f"{means['loss']:.4f}",
-                                        acc=f"{100 * means['accuracy']:.1f}%", refresh=False)
+                        bar.set_postfix({m.label: m.bar(means[m.key])
+                                         for m in self.objective.shown}, refresh=False)
                     if (c.checkpoint_every and step % c.checkpoint_every == 0
                             and not self.evaluates_at(step)):  # that save carries eval metrics
                         self.save(step, state)
@@ -773,7 +764,7 @@ class _Loop:
                         f"it must be endless.")
                 seconds = time.time() - t_epoch
                 line = (f"epoch {epoch + 1:>3}/{c.epochs} | step {step:>6} | "
-                        f"{_format_train(logged)} | "
+                        f"{_format_train(logged, self.objective.shown)} | "
                         f"{(step - epoch_start) * gbs / max(seconds, 1e-9):,.0f} img/s | "
                         f"{seconds:.1f}s")
                 if self.evaluates_at(step):
@@ -781,6 +772,8 @@ class _Loop:
                     evaluated_at = step
                     line += " | " + _format_eval(eval_metrics, c.num_classes)
                 self.say(line)
+                if self.epoch_end is not None:
+                    self.epoch_end(state, epoch + 1)
                 self.writer.flush()
         except guard_lib.Stopped:
             raise
@@ -821,13 +814,44 @@ class _Loop:
         raise stopped
 
 
-def _format_train(logged: list[tuple[int, dict[str, float]]]) -> str:
+FIGURE_IMAGES = 8  # eval images an objective's figure shows
+
+
+def _epoch_figures(setup: Setup, plan: Plan, parallel: JitParallel, data: Any, is_main: bool,
+                   say: Callable[[str], None]) -> Callable[[TrainState, int], None] | None:
+    """After each epoch, the objective's figure (SWWAE: inputs and reconstructions) of the first
+    eval images, into ``WORKDIR/<figure>/epoch_NNN.png``; None when it draws none."""
+    objective, c = setup.objective, plan.config
+    if not is_main or objective.figure is None:
+        return None
+    folder = os.path.join(c.workdir, objective.figure)
+    apply_fn = jax.jit(setup.model.apply, static_argnames=("train", "mutable"))
+    images = []
+
+    def draw(state: TrainState, epoch: int) -> None:
+        if not images:
+            batch = next(data.eval_iterator(
+                c.dataset, data_dir=c.data_dir, global_batch_size=c.eval_batch_size,
+                image_size=c.image_size, process_index=jax.process_index(),
+                process_count=jax.process_count()))
+            images.append(np.asarray(adapt_channels(batch["image"][:FIGURE_IMAGES], c.channels)))
+            say(f"{objective.figure} of {len(images[0])} test images after each epoch: "
+                f"{folder}/epoch_NNN.png")
+        path = os.path.join(folder, f"epoch_{epoch:03d}.png")
+        objective.draw(apply_fn, parallel.fetch(state.eval_variables()), images[0], path,
+                       title=f"{c.arch} on {c.dataset}, epoch {epoch}")
+
+    return draw
+
+
+def _format_train(logged: list[tuple[int, dict[str, float]]], shown: tuple[Shown, ...]) -> str:
+    """The epoch's means of the ``shown`` metrics, weighted by the steps of each fetch."""
     if not logged:
         return "no steps"
     n = sum(count for count, _ in logged)
-    loss = sum(count * m["loss"] for count, m in logged) / n
-    acc = sum(count * m["accuracy"] for count, m in logged) / n
-    return f"train loss {loss:.4f} acc {100 * acc:.2f}% | lr {logged[-1][1]['lr']:.4g}"
+    means = " ".join(f"{m.label} {m.line(sum(count * r[m.key] for count, r in logged) / n)}"
+                     for m in shown)
+    return f"train {means} | lr {logged[-1][1]['lr']:.4g}"
 
 
 def _describe_run(plan: Plan, parallel: JitParallel, start_step: int) -> str:
@@ -844,6 +868,7 @@ def _describe_run(plan: Plan, parallel: JitParallel, start_step: int) -> str:
         + (f", EMA {c.ema_decay:g}" if c.ema_decay else "")
         + (f", aux weight {c.aux_weight:g}" if c.aux_weight else "")
         + (f", head lr x{c.head_lr_multiplier:g}" if c.head_lr_multiplier != 1 else ""),
+        *filter(None, [describe_objective(c)]),
         f"{parallel.device_count} {jax.default_backend()} device(s) in {jax.process_count()} "
         f"process(es), parallel={c.parallel}, dtype={c.dtype}; workdir {c.workdir}",
     ]

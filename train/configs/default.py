@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import re
 import shlex
 from typing import Any
 
@@ -66,6 +67,19 @@ class Config:
     aux_weight: float | None = _f(None, "loss weight of the auxiliary classifiers of networks "
                                   "that have them (default: 0.3 for GoogLeNet, 0.4 for Inception "
                                   "v3, 0 elsewhere; 0 builds the network without them)")
+    objective: str | None = _f(None, "what to train the network for (train/objectives.py): "
+                               "classification, or swwae (classification and reconstruction "
+                               "terms, Zhao et al. 2016); default: the one the network "
+                               "declares, swwae for whatwhere_*, classification elsewhere")
+    lambda_rec: float | None = _f(None, "swwae objective: weight of the input reconstruction "
+                                  "term, the mean of (x - x_rec)^2 (default: 1)")
+    lambda_mid: float | None = _f(None, "swwae objective: weight of the middle reconstruction "
+                                  "terms, the sum over layers of the mean of (x_l - x_rec_l)^2 "
+                                  "(default: 1)")
+    labelled: int | None = _f(None, "swwae objective: keep the labels of this many training "
+                              "images (stratified by class, chosen by --seed); the others only "
+                              "count in the reconstruction terms: semi-supervised training "
+                              "(default: every label)")
 
     # Transfer learning.
     pretrained: str | None = _f(None, "start from pretrained weights: a directory written by "
@@ -277,6 +291,11 @@ RECIPES: tuple[tuple[str, Recipe], ...] = (
     ("mobilenet*", Recipe(**{**_RMSPROP, "weight_decay": 4e-5}, epochs=300)),
     ("efficientnet*", Recipe(**_RMSPROP, epochs=350, ema_decay=0.9999)),
     ("squeezenet*", Recipe(base_lr=0.04, weight_decay=2e-4, warmup_epochs=0.0)),
+    # The what-where autoencoders: with SGD 0.05 and momentum 0.9 (the default) their ReLUs die
+    # in the first epoch (training accuracy at chance, middle terms at 0); Adam at Kingma & Ba's
+    # 1e-3 (at batch 128) trains them.
+    ("whatwhere*", Recipe(optimizer="adamw", base_lr=2e-3, weight_decay=1e-4,
+                          warmup_epochs=0.0)),
     ("*", Recipe()),
 )
 
@@ -323,7 +342,8 @@ def apply_recipe(config: Config) -> Config:
     base_lr, weight_decay = ((recipe.base_lr, recipe.weight_decay) if optimizer == recipe.optimizer
                              else OPTIMIZER_DEFAULTS[optimizer])
     batch_size = c.batch_size or recipe.batch_size
-    epochs = c.epochs or DATASET_EPOCHS.get(c.dataset, recipe.epochs)
+    # A data set's configs and versions (mnist_sample/rts, cifar10:3.0.2) share its schedule.
+    epochs = c.epochs or DATASET_EPOCHS.get(re.split(r"[:/]", c.dataset)[0], recipe.epochs)
     schedule = c.schedule or recipe.schedule
 
     def auto(value: Any, default: Any) -> Any:
