@@ -100,7 +100,7 @@ class AlexNet(layers.Classifier):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = self.check_input(x, model="AlexNet")
         for i, (features, kernel, stride, padding, groups) in enumerate(self.convs):
-            x = nn.Conv(
+            x = layers.Conv(
                 features, (kernel, kernel), strides=(stride, stride),
                 padding=layers.pair_padding(padding), feature_group_count=groups,
                 kernel_init=_torch_default_init, dtype=self.dtype, name=f"conv{i + 1}",

@@ -53,7 +53,8 @@ class DenseLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT)
+        conv = functools.partial(layers.Conv, use_bias=False, dtype=self.dtype,
+                                 kernel_init=_CONV_INIT)
         y = nn.relu(self.norm(name="norm1")(x, use_running_average=not train))
         y = conv(self.bn_size * self.growth_rate, (1, 1), name="conv1")(y)
         y = nn.relu(self.norm(name="norm2")(y, use_running_average=not train))
@@ -91,8 +92,8 @@ class Transition(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = nn.relu(self.norm(name="norm")(x, use_running_average=not train))
-        x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                    kernel_init=_CONV_INIT, name="conv")(x)
+        x = layers.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
+                        kernel_init=_CONV_INIT, name="conv")(x)
         return layers.avg_pool(x, 2, 2)
 
 
@@ -118,8 +119,8 @@ class DenseNet(layers.Classifier):
         x = self.check_input(x, model="DenseNet")
         norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon)
 
-        x = nn.Conv(self.num_init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
-                    use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT, name="conv0")(x)
+        x = layers.Conv(self.num_init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
+                        use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT, name="conv0")(x)
         x = nn.relu(norm(name="norm0")(x, use_running_average=not train))
         x = layers.max_pool(x, 3, 2, 1)
 

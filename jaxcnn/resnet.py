@@ -255,7 +255,7 @@ class PreActBottleneck(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         out = self.features * self.expansion
         preact = nn.relu(self.norm(name="preact_bn")(x, use_running_average=not train))
-        conv = functools.partial(nn.Conv, kernel_init=self.kernel_init, dtype=self.dtype)
+        conv = functools.partial(layers.Conv, kernel_init=self.kernel_init, dtype=self.dtype)
         if x.shape[-1] != out:
             shortcut = conv(out, (1, 1), strides=self.strides, name="shortcut")(preact)
         else:
@@ -288,8 +288,8 @@ class ResNetV2(layers.Classifier):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = self.check_input(x, model="ResNetV2")
         norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon)
-        x = nn.Conv(64, (7, 7), strides=2, padding=layers.pair_padding(3),
-                    kernel_init=self.kernel_init, dtype=self.dtype, name="stem")(x)
+        x = layers.Conv(64, (7, 7), strides=2, padding=layers.pair_padding(3),
+                        kernel_init=self.kernel_init, dtype=self.dtype, name="stem")(x)
         # No ReLU before this pool, so Keras' zero padding is not -inf padding.
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         x = nn.max_pool(x, (3, 3), strides=(2, 2))
