@@ -168,7 +168,7 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(224, 224, 3),
         reference="torchvision 0.29.1 models.alexnet",
         published=(
-            *torchvision_meta("AlexNet", 61_100_840, 0.714, 56.522),
+            *torchvision_meta("AlexNet", 61_100_840, 0.714, 56.522, 79.066),
         ),
         converters=(
             Converter("torchvision", "alexnet", torchvision_rename,

@@ -176,14 +176,14 @@ def keras_rename(key: str) -> str | None:
 
 
 def _specs(name: str, blocks: tuple[int, ...], params: int, keras_total: int, gmacs: float,
-           top1: float) -> ModelSpec:
+           top1: float, top5: float) -> ModelSpec:
     keras_name = name.replace("densenet", "DenseNet")
     return ModelSpec(
         builder=functools.partial(DenseNet, block_config=blocks),
         input_shape=(224, 224, 3),
         reference=f"torchvision.models.{name}",
         published=(
-            *torchvision_meta(keras_name, params, gmacs, top1),
+            *torchvision_meta(keras_name, params, gmacs, top1, top5),
             Published(keras_total, "keras_total",
                       f"keras.io Applications table (exact-integer revision), {keras_name}"),
         ),
@@ -195,7 +195,10 @@ def _specs(name: str, blocks: tuple[int, ...], params: int, keras_total: int, gm
 
 
 MODELS: dict[str, ModelSpec] = {
-    "densenet121": _specs("densenet121", (6, 12, 24, 16), 7_978_856, 8_062_504, 2.834, 74.434),
-    "densenet169": _specs("densenet169", (6, 12, 32, 32), 14_149_480, 14_307_880, 3.36, 75.600),
-    "densenet201": _specs("densenet201", (6, 12, 48, 32), 20_013_928, 20_242_984, 4.291, 76.896),
+    "densenet121": _specs("densenet121", (6, 12, 24, 16), 7_978_856, 8_062_504, 2.834, 74.434,
+                          91.972),
+    "densenet169": _specs("densenet169", (6, 12, 32, 32), 14_149_480, 14_307_880, 3.36, 75.600,
+                          92.806),
+    "densenet201": _specs("densenet201", (6, 12, 48, 32), 20_013_928, 20_242_984, 4.291, 76.896,
+                          93.370),
 }

@@ -152,7 +152,7 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(224, 224, 3),
         reference="torchvision 0.29.1 models.squeezenet1_0",
         published=(
-            *torchvision_meta("SqueezeNet1_0", 1_248_424, 0.819, 58.092),
+            *torchvision_meta("SqueezeNet1_0", 1_248_424, 0.819, 58.092, 80.420),
             Published(1_248_424, "params", "Iandola et al. 2016, Table 1 (before pruning)"),
         ),
         converters=_converters("squeezenet1_0", (4, 8)),
@@ -162,7 +162,7 @@ MODELS: dict[str, ModelSpec] = {
                                   pool_after=(3, 5)),
         input_shape=(224, 224, 3),
         reference="torchvision 0.29.1 models.squeezenet1_1",
-        published=torchvision_meta("SqueezeNet1_1", 1_235_496, 0.349, 58.178),
+        published=torchvision_meta("SqueezeNet1_1", 1_235_496, 0.349, 58.178, 80.624),
         converters=_converters("squeezenet1_1", (3, 5)),
     ),
 }
