@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 
 import jaxcnn  # noqa: E402
 from jaxcnn import conv  # noqa: E402
+from train.bench import sweep_rows  # noqa: E402
 
 DEFAULT_SIZES = (32, 64, 224)
 MAX_PATCH_BYTES = 1 << 29  # im2col's stacked patches beyond this are not tried
@@ -92,12 +93,8 @@ def _conv_eqns(jaxpr: Any) -> Iterable[Any]:
 
 
 def network_sizes(name: str, sizes: Iterable[int]) -> list[int]:
-    """The sizes a network runs at: ``sizes`` raised to its minimum for ImageNet networks, its
-    own size for networks of one small input (LeNet-5, the MNIST/CIFAR networks)."""
-    info = jaxcnn.model_info(name)
-    if info.input_shape[0] < 64:
-        return [info.input_shape[0]]
-    return sorted({max(s, info.min_size) for s in sizes})
+    """The sizes a network runs at: those of a sweep of ``python -m train.bench``."""
+    return [size for _, size in sweep_rows([name], list(sizes))]
 
 
 def collect(names: Iterable[str], sizes: Iterable[int], batch: int = 32
