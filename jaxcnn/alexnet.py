@@ -100,7 +100,7 @@ class AlexNet(layers.Classifier):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = self.check_input(x, model="AlexNet")
         for i, (features, kernel, stride, padding, groups) in enumerate(self.convs):
-            x = nn.Conv(
+            x = layers.Conv(
                 features, (kernel, kernel), strides=(stride, stride),
                 padding=layers.pair_padding(padding), feature_group_count=groups,
                 kernel_init=_torch_default_init, dtype=self.dtype, name=f"conv{i + 1}",
@@ -168,7 +168,7 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(224, 224, 3),
         reference="torchvision 0.29.1 models.alexnet",
         published=(
-            *torchvision_meta("AlexNet", 61_100_840, 0.714, 56.522),
+            *torchvision_meta("AlexNet", 61_100_840, 0.714, 56.522, 79.066),
         ),
         converters=(
             Converter("torchvision", "alexnet", torchvision_rename,

@@ -51,7 +51,7 @@ class AllCNN(layers.Classifier):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = self.check_input(x, model="All-CNN-C")
-        conv = functools.partial(nn.Conv, kernel_init=nn.initializers.he_normal(),
+        conv = functools.partial(layers.Conv, kernel_init=nn.initializers.he_normal(),
                                  dtype=self.dtype)
         x = nn.Dropout(self.input_dropout, deterministic=not train)(x)
         index = 0

@@ -53,7 +53,8 @@ class DenseLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT)
+        conv = functools.partial(layers.Conv, use_bias=False, dtype=self.dtype,
+                                 kernel_init=_CONV_INIT)
         y = nn.relu(self.norm(name="norm1")(x, use_running_average=not train))
         y = conv(self.bn_size * self.growth_rate, (1, 1), name="conv1")(y)
         y = nn.relu(self.norm(name="norm2")(y, use_running_average=not train))
@@ -91,8 +92,8 @@ class Transition(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = nn.relu(self.norm(name="norm")(x, use_running_average=not train))
-        x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                    kernel_init=_CONV_INIT, name="conv")(x)
+        x = layers.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
+                        kernel_init=_CONV_INIT, name="conv")(x)
         return layers.avg_pool(x, 2, 2)
 
 
@@ -118,8 +119,8 @@ class DenseNet(layers.Classifier):
         x = self.check_input(x, model="DenseNet")
         norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon)
 
-        x = nn.Conv(self.num_init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
-                    use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT, name="conv0")(x)
+        x = layers.Conv(self.num_init_features, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
+                        use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT, name="conv0")(x)
         x = nn.relu(norm(name="norm0")(x, use_running_average=not train))
         x = layers.max_pool(x, 3, 2, 1)
 
@@ -175,14 +176,14 @@ def keras_rename(key: str) -> str | None:
 
 
 def _specs(name: str, blocks: tuple[int, ...], params: int, keras_total: int, gmacs: float,
-           top1: float) -> ModelSpec:
+           top1: float, top5: float) -> ModelSpec:
     keras_name = name.replace("densenet", "DenseNet")
     return ModelSpec(
         builder=functools.partial(DenseNet, block_config=blocks),
         input_shape=(224, 224, 3),
         reference=f"torchvision.models.{name}",
         published=(
-            *torchvision_meta(keras_name, params, gmacs, top1),
+            *torchvision_meta(keras_name, params, gmacs, top1, top5),
             Published(keras_total, "keras_total",
                       f"keras.io Applications table (exact-integer revision), {keras_name}"),
         ),
@@ -194,7 +195,10 @@ def _specs(name: str, blocks: tuple[int, ...], params: int, keras_total: int, gm
 
 
 MODELS: dict[str, ModelSpec] = {
-    "densenet121": _specs("densenet121", (6, 12, 24, 16), 7_978_856, 8_062_504, 2.834, 74.434),
-    "densenet169": _specs("densenet169", (6, 12, 32, 32), 14_149_480, 14_307_880, 3.36, 75.600),
-    "densenet201": _specs("densenet201", (6, 12, 48, 32), 20_013_928, 20_242_984, 4.291, 76.896),
+    "densenet121": _specs("densenet121", (6, 12, 24, 16), 7_978_856, 8_062_504, 2.834, 74.434,
+                          91.972),
+    "densenet169": _specs("densenet169", (6, 12, 32, 32), 14_149_480, 14_307_880, 3.36, 75.600,
+                          92.806),
+    "densenet201": _specs("densenet201", (6, 12, 48, 32), 20_013_928, 20_242_984, 4.291, 76.896,
+                          93.370),
 }

@@ -231,22 +231,33 @@ class Scaling:
     tv_params: int
     tv_gmacs: float
     tv_top1: float
+    tv_top5: float
     keras_total: int
     keras_top1: float
+    keras_top5: float
 
 
 # width, depth, dropout (paper / torchvision / Keras); input sizes; published figures: params,
-# GMACs and top-1 of torchvision's EfficientNet_B*_Weights.IMAGENET1K_V1 meta, Keras totals of
-# the keras.io Applications table (exact-integer revision), Keras top-1 of its current revision.
+# GMACs, top-1 and top-5 of torchvision's EfficientNet_B*_Weights.IMAGENET1K_V1 meta, Keras
+# totals of the keras.io Applications table (exact-integer revision), Keras top-1 and top-5 of
+# its current revision.
 SCALING: dict[str, Scaling] = {
-    "b0": Scaling(1.0, 1.0, 0.2, 224, 224, 5_288_548, 0.386, 77.692, 5_330_571, 77.1),
-    "b1": Scaling(1.0, 1.1, 0.2, 240, 240, 7_794_184, 0.687, 78.642, 7_856_239, 79.1),
-    "b2": Scaling(1.1, 1.2, 0.3, 288, 260, 9_109_994, 1.088, 80.608, 9_177_569, 80.1),
-    "b3": Scaling(1.2, 1.4, 0.3, 300, 300, 12_233_232, 1.827, 82.008, 12_320_535, 81.6),
-    "b4": Scaling(1.4, 1.8, 0.4, 380, 380, 19_341_616, 4.394, 83.384, 19_466_823, 82.9),
-    "b5": Scaling(1.6, 2.2, 0.4, 456, 456, 30_389_784, 10.266, 83.444, 30_562_527, 83.6),
-    "b6": Scaling(1.8, 2.6, 0.5, 528, 528, 43_040_704, 19.068, 84.008, 43_265_143, 84.0),
-    "b7": Scaling(2.0, 3.1, 0.5, 600, 600, 66_347_960, 37.746, 84.122, 66_658_687, 84.3),
+    "b0": Scaling(1.0, 1.0, 0.2, 224, 224, 5_288_548, 0.386, 77.692, 93.532, 5_330_571, 77.1,
+                  93.3),
+    "b1": Scaling(1.0, 1.1, 0.2, 240, 240, 7_794_184, 0.687, 78.642, 94.186, 7_856_239, 79.1,
+                  94.4),
+    "b2": Scaling(1.1, 1.2, 0.3, 288, 260, 9_109_994, 1.088, 80.608, 95.310, 9_177_569, 80.1,
+                  94.9),
+    "b3": Scaling(1.2, 1.4, 0.3, 300, 300, 12_233_232, 1.827, 82.008, 96.054, 12_320_535, 81.6,
+                  95.7),
+    "b4": Scaling(1.4, 1.8, 0.4, 380, 380, 19_341_616, 4.394, 83.384, 96.594, 19_466_823, 82.9,
+                  96.4),
+    "b5": Scaling(1.6, 2.2, 0.4, 456, 456, 30_389_784, 10.266, 83.444, 96.628, 30_562_527, 83.6,
+                  96.7),
+    "b6": Scaling(1.8, 2.6, 0.5, 528, 528, 43_040_704, 19.068, 84.008, 96.916, 43_265_143, 84.0,
+                  96.8),
+    "b7": Scaling(2.0, 3.1, 0.5, 600, 600, 66_347_960, 37.746, 84.122, 96.908, 66_658_687, 84.3,
+                  97.0),
 }
 
 _KA = "keras.io Applications table"
@@ -262,7 +273,7 @@ def _torchvision(variant: str, s: Scaling) -> ModelSpec:
         input_shape=(s.tv_size, s.tv_size, 3),
         reference=f"torchvision efficientnet_{variant} (torchvision 0.29.1){size_note}",
         published=torchvision_meta(f"EfficientNet_{variant.upper()}", s.tv_params, s.tv_gmacs,
-                                   s.tv_top1),
+                                   s.tv_top1, s.tv_top5),
         converters=(Converter("torchvision", f"efficientnet_{variant}", rename_torchvision),),
     )
 
@@ -283,6 +294,7 @@ def _keras(variant: str, s: Scaling) -> ModelSpec:
                       f"Keras 3.15.1 keras.applications.{name}(weights=None) trainable "
                       "(= torchvision)"),
             Published(s.keras_top1, "top1", _KA + f" (current revision), {name}"),
+            Published(s.keras_top5, "top5", _KA + f" (current revision), {name}"),
         ),
         converters=(Converter("keras", name, rename_keras, fix=fix_keras),),
     )

@@ -231,6 +231,7 @@ MODELS: dict[str, ModelSpec] = {
                       overrides=(("aux_logits", True),)),
             Published(1.498, "gmacs", _TV + " _ops"),
             Published(69.778, "top1", _TV + " acc@1"),
+            Published(89.530, "top5", _TV + " acc@5"),
         ),
         converters=(Converter("torchvision", "googlenet", torchvision_rename,
                               optional=("aux1_head", "aux2_head")),),

@@ -328,6 +328,7 @@ MODELS: dict[str, ModelSpec] = {
                       "(docs/sources.md sec. 3.5)"),
             Published(5.713, "gmacs", _TV + " _ops"),
             Published(77.294, "top1", _TV + " acc@1"),
+            Published(93.450, "top5", _TV + " acc@5"),
         ),
         # torchvision builds the aux head by default; it cannot run below 299x299.
         converters=(Converter("torchvision", "inception_v3", torch_rename,
@@ -343,6 +344,7 @@ MODELS: dict[str, ModelSpec] = {
             Published(23_817_352, "params",
                       "Keras 3.15.1 keras.applications.InceptionV3(weights=None) trainable"),
             Published(77.9, "top1", _KA),
+            Published(93.7, "top5", _KA),
         ),
         converters=(Converter("keras", "InceptionV3", keras_rename),),
     ),

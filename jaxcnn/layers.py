@@ -12,6 +12,8 @@ Conventions used everywhere in jaxcnn:
   ``jit`` with shardings the statistics are global without it.
 * Padding is written out explicitly as PyTorch does (``((p, p), (p, p))``); ``"SAME"`` is the
   TensorFlow/Keras rule (extra padding at the bottom/right for even kernels and strides).
+* Every convolution is a :class:`Conv` (:mod:`jaxcnn.conv`): Flax's ``nn.Conv`` with the
+  formulation that is fast for its shape on the backend (XLA's own on GPU and TPU).
 * Every network of the zoo is a :class:`Classifier`: the fields every network has
   (``num_classes``, ``dtype``, ``axis_name``, ``min_size``) and the tail every one of them ends
   with (:meth:`Classifier.forward_head`).
@@ -25,6 +27,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxcnn.conv import Conv  # noqa: F401  (every family builds its convolutions with it)
 
 Dtype = Any
 PaddingLike = str | int | Sequence[tuple[int, int]]
@@ -76,7 +80,7 @@ class ConvBN(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         k = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
         s = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-        x = nn.Conv(
+        x = Conv(
             self.features,
             k,
             strides=s,
@@ -132,9 +136,9 @@ class SqueezeExcite(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = nn.Conv(self.reduced, (1, 1), dtype=self.dtype, name="reduce")(s)
+        s = Conv(self.reduced, (1, 1), dtype=self.dtype, name="reduce")(s)
         s = self.act(s)
-        s = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name="expand")(s)
+        s = Conv(x.shape[-1], (1, 1), dtype=self.dtype, name="expand")(s)
         return x * self.gate(s)
 
 
@@ -292,7 +296,7 @@ def check_image(
 def class_map_head(x: jax.Array, num_classes: int, conv: Callable, name: str = "head"
                    ) -> jax.Array:
     """The all-convolutional classifier (NIN, All-CNN, SqueezeNet): a 1x1 convolution to one
-    map per class (``conv``: the family's ``nn.Conv`` partial), ReLU, global average; the
+    map per class (``conv``: the family's ``Conv`` partial), ReLU, global average; the
     logits are float32 whatever the compute dtype."""
     x = nn.relu(conv(num_classes, (1, 1), padding="VALID", name=name)(x))
     return global_avg_pool(x.astype(jnp.float32))
@@ -365,7 +369,7 @@ class Classifier(nn.Module, kw_only=True):
         vector), in float32; the result is sown as ``intermediates/pre_logits`` and returned as
         it is when ``pre_logits`` is asked for or ``num_classes == 0``. Otherwise dropout at
         ``dropout_rate`` and the classifier: the Dense ``head`` (``kernel_init``); or, given
-        ``class_maps`` (the family's ``nn.Conv`` partial), the all-convolutional head of NIN,
+        ``class_maps`` (the family's ``Conv`` partial), the all-convolutional head of NIN,
         All-CNN and SqueezeNet on the maps (dropout then acts on the maps); or ``output``, a
         parameter-free output layer on the pre-logits (LeNet-5's RBF units). Logits are float32.
         """

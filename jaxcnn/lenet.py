@@ -69,6 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import layers
+from jaxcnn.conv import conv_general_dilated
 from jaxcnn.layers import Dtype
 from jaxcnn.spec import ModelSpec, Published
 
@@ -158,7 +159,7 @@ class PartialConv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (len(self.table),))
         dense = jnp.zeros((k, k, x.shape[-1], len(self.table)), kernel.dtype)
         dense = dense.at[:, :, np.array(in_maps), np.array(out_maps)].set(kernel)
-        y = jax.lax.conv_general_dilated(
+        y = conv_general_dilated(
             x, dense.astype(self.dtype), (1, 1), "VALID",
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
@@ -176,9 +177,9 @@ class LeNet5_1998(layers.Classifier):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = self.check_input(x, model="LeNet-5 (1998)", fixed=True)
 
-        def conv(features: int, fan_in: int, name: str) -> nn.Conv:
-            return nn.Conv(features, (5, 5), padding="VALID", dtype=self.dtype, name=name,
-                           kernel_init=_uniform_by_fan_in(fan_in))
+        def conv(features: int, fan_in: int, name: str) -> layers.Conv:
+            return layers.Conv(features, (5, 5), padding="VALID", dtype=self.dtype, name=name,
+                               kernel_init=_uniform_by_fan_in(fan_in))
 
         x = scaled_tanh(conv(6, 25 * x.shape[-1], "c1")(x))
         x = scaled_tanh(TrainableSubsampling(dtype=self.dtype, name="s2")(x))
@@ -222,7 +223,7 @@ class LeNet5(layers.Classifier):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = self.check_input(x, model="LeNet-5", fixed=True)
-        conv = functools.partial(nn.Conv, kernel_size=(5, 5), dtype=self.dtype)
+        conv = functools.partial(layers.Conv, kernel_size=(5, 5), dtype=self.dtype)
         after_conv = self.activation if self.conv_activation else (lambda y: y)
         first, second = self.conv_features
         x = after_conv(conv(first, padding=layers.pair_padding(self.padding), name="conv1")(x))

@@ -447,6 +447,7 @@ MODELS: dict[str, ModelSpec] = {
             Published(4_231_976, "params", _KERAS.format("MobileNet") + " trainable"),
             Published(0.569, "gmacs", _PAPER_V1, rounded=True),
             Published(70.4, "top1", _KA + ", MobileNet"),
+            Published(89.5, "top5", _KA + ", MobileNet"),
         ),
         converters=(Converter("keras", "MobileNet", rename_keras_v1),),
     ),
@@ -457,7 +458,7 @@ MODELS: dict[str, ModelSpec] = {
         builder=MobileNetV2,
         input_shape=(224, 224, 3),
         reference="torchvision mobilenet_v2 (torchvision 0.29.1)",
-        published=torchvision_meta("MobileNet_V2", 3_504_872, 0.301, 71.878),
+        published=torchvision_meta("MobileNet_V2", 3_504_872, 0.301, 71.878, 90.286),
         converters=(Converter("torchvision", "mobilenet_v2", rename_torchvision_v2),),
     ),
     "mobilenet_v2_keras": ModelSpec(
@@ -470,6 +471,7 @@ MODELS: dict[str, ModelSpec] = {
             Published(3_504_872, "params",
                       _KERAS.format("MobileNetV2") + " trainable (= torchvision)"),
             Published(71.3, "top1", _KA + ", MobileNetV2"),
+            Published(90.1, "top5", _KA + ", MobileNetV2"),
         ),
         converters=(Converter("keras", "MobileNetV2", rename_keras_v2),),
     ),
@@ -478,7 +480,7 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(224, 224, 3),
         reference="torchvision mobilenet_v3_large (torchvision 0.29.1)",
         published=(
-            *torchvision_meta("MobileNet_V3_Large", 5_483_032, 0.217, 74.042),
+            *torchvision_meta("MobileNet_V3_Large", 5_483_032, 0.217, 74.042, 91.340),
             Published(5_507_432, "keras_total", "computed: " + _KERAS.format("MobileNetV3Large")
                       + " total, not in the keras.io table (docs/sources.md sec. 3.6)"),
         ),
@@ -490,7 +492,7 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(224, 224, 3),
         reference="torchvision mobilenet_v3_small (torchvision 0.29.1)",
         published=(
-            *torchvision_meta("MobileNet_V3_Small", 2_542_856, 0.057, 67.668),
+            *torchvision_meta("MobileNet_V3_Small", 2_542_856, 0.057, 67.668, 87.402),
             Published(2_554_968, "keras_total", "computed: " + _KERAS.format("MobileNetV3Small")
                       + " total, not in the keras.io table (docs/sources.md sec. 3.6)"),
         ),

@@ -54,7 +54,7 @@ class NIN(layers.Classifier):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = self.check_input(x, model="NIN")
-        conv = functools.partial(nn.Conv, kernel_init=_kaiming_uniform, dtype=self.dtype)
+        conv = functools.partial(layers.Conv, kernel_init=_kaiming_uniform, dtype=self.dtype)
         for i, (widths, kernel) in enumerate(zip(self.stages, self.first_kernels)):
             if i == 1:
                 x = layers.max_pool(x, 3, 2, padding=1)

@@ -255,7 +255,7 @@ class PreActBottleneck(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         out = self.features * self.expansion
         preact = nn.relu(self.norm(name="preact_bn")(x, use_running_average=not train))
-        conv = functools.partial(nn.Conv, kernel_init=self.kernel_init, dtype=self.dtype)
+        conv = functools.partial(layers.Conv, kernel_init=self.kernel_init, dtype=self.dtype)
         if x.shape[-1] != out:
             shortcut = conv(out, (1, 1), strides=self.strides, name="shortcut")(preact)
         else:
@@ -288,8 +288,8 @@ class ResNetV2(layers.Classifier):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = self.check_input(x, model="ResNetV2")
         norm = self.norm_layer(momentum=self.bn_momentum, epsilon=self.bn_epsilon)
-        x = nn.Conv(64, (7, 7), strides=2, padding=layers.pair_padding(3),
-                    kernel_init=self.kernel_init, dtype=self.dtype, name="stem")(x)
+        x = layers.Conv(64, (7, 7), strides=2, padding=layers.pair_padding(3),
+                        kernel_init=self.kernel_init, dtype=self.dtype, name="stem")(x)
         # No ReLU before this pool, so Keras' zero padding is not -inf padding.
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         x = nn.max_pool(x, (3, 3), strides=(2, 2))
@@ -375,12 +375,12 @@ _CAD = "Cadene pretrained-models.pytorch README"
 
 
 def _tv(name: str, weights: str, builder: Callable[..., nn.Module], params: int, gmacs: float,
-        top1: float) -> ModelSpec:
+        top1: float, top5: float) -> ModelSpec:
     return ModelSpec(
         builder=builder,
         input_shape=(224, 224, 3),
         reference=f"torchvision.models.{name} (ResNet v1.5: stride on the 3x3)",
-        published=torchvision_meta(weights, params, gmacs, top1),
+        published=torchvision_meta(weights, params, gmacs, top1, top5),
         converters=(Converter("torchvision", name, torch_rename),),
     )
 
@@ -427,34 +427,45 @@ def _v2(depth: int) -> Callable[..., nn.Module]:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "resnet18": _tv("resnet18", "ResNet18", _tv_resnet(18), 11_689_512, 1.814, 69.758),
-    "resnet34": _tv("resnet34", "ResNet34", _tv_resnet(34), 21_797_672, 3.664, 73.314),
-    "resnet50": _tv("resnet50", "ResNet50", _tv_resnet(50), 25_557_032, 4.089, 76.130),
-    "resnet101": _tv("resnet101", "ResNet101", _tv_resnet(101), 44_549_160, 7.801, 77.374),
-    "resnet152": _tv("resnet152", "ResNet152", _tv_resnet(152), 60_192_808, 11.514, 78.312),
+    "resnet18": _tv("resnet18", "ResNet18", _tv_resnet(18), 11_689_512, 1.814, 69.758, 89.078),
+    "resnet34": _tv("resnet34", "ResNet34", _tv_resnet(34), 21_797_672, 3.664, 73.314, 91.420),
+    "resnet50": _tv("resnet50", "ResNet50", _tv_resnet(50), 25_557_032, 4.089, 76.130, 92.862),
+    "resnet101": _tv("resnet101", "ResNet101", _tv_resnet(101), 44_549_160, 7.801, 77.374,
+                     93.546),
+    "resnet152": _tv("resnet152", "ResNet152", _tv_resnet(152), 60_192_808, 11.514, 78.312,
+                     94.046),
     "wide_resnet50_2": _tv("wide_resnet50_2", "Wide_ResNet50_2",
-                           _tv_resnet(50, base_width=128), 68_883_240, 11.398, 78.468),
+                           _tv_resnet(50, base_width=128), 68_883_240, 11.398, 78.468, 94.086),
     "wide_resnet101_2": _tv("wide_resnet101_2", "Wide_ResNet101_2",
-                            _tv_resnet(101, base_width=128), 126_886_696, 22.753, 78.848),
+                            _tv_resnet(101, base_width=128), 126_886_696, 22.753, 78.848,
+                            94.284),
     "resnext50_32x4d": _tv("resnext50_32x4d", "ResNeXt50_32X4D",
-                           _tv_resnet(50, groups=32, base_width=4), 25_028_904, 4.230, 77.618),
+                           _tv_resnet(50, groups=32, base_width=4), 25_028_904, 4.230, 77.618,
+                           93.698),
     "resnext101_32x8d": _tv("resnext101_32x8d", "ResNeXt101_32X8D",
-                            _tv_resnet(101, groups=32, base_width=8), 88_791_336, 16.414, 79.312),
+                            _tv_resnet(101, groups=32, base_width=8), 88_791_336, 16.414, 79.312,
+                            94.526),
     "resnext101_64x4d": _tv("resnext101_64x4d", "ResNeXt101_64X4D",
-                            _tv_resnet(101, groups=64, base_width=4), 83_455_272, 15.460, 83.246),
+                            _tv_resnet(101, groups=64, base_width=4), 83_455_272, 15.460, 83.246,
+                            96.454),
     "seresnet50": _cadene(
         "se_resnet50", "legacy_seresnet50", _tv_resnet(50, stride_in_1x1=True, **_SE),
         Published(28_088_024, "params",
                   "osmr/imgclsmob gluon/README.md, SE-ResNet-50 (= timm 1.0.31 legacy_seresnet50)"),
         Published(77.636, "top1", _CAD),
+        Published(93.752, "top5", _CAD),
     ),
     "seresnet101": _cadene(
         "se_resnet101", "legacy_seresnet101", _tv_resnet(101, stride_in_1x1=True, **_SE),
         Published(49_326_872, "params", "computed from timm 1.0.31 legacy_seresnet101"),
+        Published(78.396, "top1", _CAD),
+        Published(94.258, "top5", _CAD),
     ),
     "seresnet152": _cadene(
         "se_resnet152", "legacy_seresnet152", _tv_resnet(152, stride_in_1x1=True, **_SE),
         Published(66_821_848, "params", "computed from timm 1.0.31 legacy_seresnet152"),
+        Published(78.658, "top1", _CAD),
+        Published(94.374, "top5", _CAD),
     ),
     "seresnext50_32x4d": _cadene(
         "se_resnext50_32x4d", "legacy_seresnext50_32x4d",
@@ -463,50 +474,60 @@ MODELS: dict[str, ModelSpec] = {
                   "osmr/imgclsmob gluon/README.md, SE-ResNeXt-50 (32x4d) (= timm 1.0.31 "
                   "legacy_seresnext50_32x4d)"),
         Published(79.076, "top1", _CAD),
+        Published(94.434, "top5", _CAD),
     ),
     "seresnext101_32x4d": _cadene(
         "se_resnext101_32x4d", "legacy_seresnext101_32x4d",
         _tv_resnet(101, groups=32, base_width=4, **_SE),
         Published(48_955_416, "params", "computed from timm 1.0.31 legacy_seresnext101_32x4d"),
+        Published(80.236, "top1", _CAD),
+        Published(95.028, "top5", _CAD),
     ),
     "senet154": _cadene(
         "senet154", "legacy_senet154", _tv_resnet(152, **_SENET154),
         Published(115_088_984, "params",
                   "osmr/imgclsmob gluon/README.md, SENet-154 (= timm 1.0.31 legacy_senet154)"),
         Published(81.304, "top1", _CAD),
+        Published(95.498, "top5", _CAD),
     ),
     "resnet50_keras": _keras(
         "ResNet50", _tv_resnet(50, **_KERAS_V1),
         Published(25_636_712, "keras_total", _KA),
         Published(25_583_592, "params", _KA_TRAINABLE.format("ResNet50")),
         Published(74.9, "top1", _KA),
+        Published(92.1, "top5", _KA),
     ),
     "resnet101_keras": _keras(
         "ResNet101", _tv_resnet(101, **_KERAS_V1),
         Published(44_707_176, "keras_total", _KA),
         Published(44_601_832, "params", _KA_TRAINABLE.format("ResNet101")),
         Published(76.4, "top1", _KA),
+        Published(92.8, "top5", _KA),
     ),
     "resnet152_keras": _keras(
         "ResNet152", _tv_resnet(152, **_KERAS_V1),
         Published(60_419_944, "keras_total", _KA),
         Published(60_268_520, "params", _KA_TRAINABLE.format("ResNet152")),
         Published(76.6, "top1", _KA),
+        Published(93.1, "top5", _KA),
     ),
     "resnet50_v2": _keras(
         "ResNet50V2", _v2(50),
         Published(25_613_800, "keras_total", _KA),
         Published(25_568_360, "params", _KA_TRAINABLE.format("ResNet50V2")),
         Published(76.0, "top1", _KA),
+        Published(93.0, "top5", _KA),
     ),
     "resnet101_v2": _keras(
         "ResNet101V2", _v2(101),
         Published(44_675_560, "keras_total", _KA),
         Published(77.2, "top1", _KA),
+        Published(93.8, "top5", _KA),
     ),
     "resnet152_v2": _keras(
         "ResNet152V2", _v2(152),
         Published(60_380_648, "keras_total", _KA),
         Published(78.0, "top1", _KA),
+        Published(94.2, "top5", _KA),
     ),
 }

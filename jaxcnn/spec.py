@@ -39,7 +39,8 @@ class Published:
       * ``"keras_total"``: Keras' "Total params", i.e. params plus BatchNorm moving statistics
         (and the 7 numbers of EfficientNet's input ``Normalization`` layer);
       * ``"gmacs"``: multiply-accumulates at ``input_shape``, batch 1 (torchvision's ``_ops``);
-      * ``"top1"``: ImageNet top-1 accuracy in percent of the weights the source publishes.
+      * ``"top1"``, ``"top5"``: ImageNet top-1 and top-5 accuracy in percent of the weights
+        the source publishes.
     ``overrides`` are builder arguments the figure assumes (e.g. ``(("aux_logits", True),)``).
     ``rounded`` marks a figure the source rounds (a paper's "4.2M"): it is shown as such and
     never compared with a count as if it were exact.
@@ -55,14 +56,15 @@ class Published:
 TORCHVISION_META = "torchvision 0.29.1 {}_Weights.IMAGENET1K_V1 meta"
 
 
-def torchvision_meta(weights: str, params: int, gmacs: float, top1: float
-                     ) -> tuple[Published, Published, Published]:
+def torchvision_meta(weights: str, params: int, gmacs: float, top1: float, top5: float
+                     ) -> tuple[Published, ...]:
     """The figures of ``torchvision.models.<weights>_Weights.IMAGENET1K_V1.meta``:
-    ``num_params``, ``_ops`` (GMACs) and ``acc@1``."""
+    ``num_params``, ``_ops`` (GMACs), ``acc@1`` and ``acc@5``."""
     source = TORCHVISION_META.format(weights)
     return (Published(params, "params", f"{source} num_params"),
             Published(gmacs, "gmacs", f"{source} _ops"),
-            Published(top1, "top1", f"{source} acc@1"))
+            Published(top1, "top1", f"{source} acc@1"),
+            Published(top5, "top5", f"{source} acc@5"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,7 +65,7 @@ class Fire(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = functools.partial(nn.Conv, kernel_init=_kaiming_uniform, dtype=self.dtype)
+        conv = functools.partial(layers.Conv, kernel_init=_kaiming_uniform, dtype=self.dtype)
         x = nn.relu(conv(self.squeeze, (1, 1), padding="VALID", name="squeeze")(x))
         a = nn.relu(conv(self.expand1x1, (1, 1), padding="VALID", name="expand1x1")(x))
         b = nn.relu(conv(self.expand3x3, (3, 3), padding=layers.pair_padding(1),
@@ -100,15 +100,15 @@ class SqueezeNet(layers.Classifier):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         x = self.check_input(x, model="SqueezeNet")
-        x = nn.Conv(self.stem_features, (self.stem_kernel,) * 2, strides=(2, 2),
-                    padding="VALID", kernel_init=_kaiming_uniform, dtype=self.dtype,
-                    name="conv1")(x)
+        x = layers.Conv(self.stem_features, (self.stem_kernel,) * 2, strides=(2, 2),
+                        padding="VALID", kernel_init=_kaiming_uniform, dtype=self.dtype,
+                        name="conv1")(x)
         x = layers.max_pool(nn.relu(x), 3, 2, ceil_mode=True)
         for number, widths in enumerate(self.fires, start=2):
             x = Fire(*widths, dtype=self.dtype, name=f"fire{number}")(x)
             if number in self.pool_after:
                 x = layers.max_pool(x, 3, 2, ceil_mode=True)
-        conv = functools.partial(nn.Conv, kernel_init=nn.initializers.normal(0.01),
+        conv = functools.partial(layers.Conv, kernel_init=nn.initializers.normal(0.01),
                                  dtype=self.dtype)
         return self.forward_head(x, train=train, dropout_rate=self.dropout_rate, class_maps=conv)
 
@@ -152,7 +152,7 @@ MODELS: dict[str, ModelSpec] = {
         input_shape=(224, 224, 3),
         reference="torchvision 0.29.1 models.squeezenet1_0",
         published=(
-            *torchvision_meta("SqueezeNet1_0", 1_248_424, 0.819, 58.092),
+            *torchvision_meta("SqueezeNet1_0", 1_248_424, 0.819, 58.092, 80.420),
             Published(1_248_424, "params", "Iandola et al. 2016, Table 1 (before pruning)"),
         ),
         converters=_converters("squeezenet1_0", (4, 8)),
@@ -162,7 +162,7 @@ MODELS: dict[str, ModelSpec] = {
                                   pool_after=(3, 5)),
         input_shape=(224, 224, 3),
         reference="torchvision 0.29.1 models.squeezenet1_1",
-        published=torchvision_meta("SqueezeNet1_1", 1_235_496, 0.349, 58.178),
+        published=torchvision_meta("SqueezeNet1_1", 1_235_496, 0.349, 58.178, 80.624),
         converters=_converters("squeezenet1_1", (3, 5)),
     ),
 }

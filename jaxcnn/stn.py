@@ -75,7 +75,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.layers import Classifier, max_pool
+from jaxcnn.layers import Classifier, Conv, max_pool
 from jaxcnn.spec import ModelSpec, Published
 
 # PyTorch's default Conv2d/Linear weight initialisation (kaiming_uniform with a=sqrt(5)).
@@ -234,8 +234,8 @@ class LocalizationNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, (f, k) in enumerate(zip(self.features, self.kernel_sizes, strict=True), 1):
-            x = nn.Conv(f, (k, k), padding="VALID", dtype=self.dtype,
-                        kernel_init=_torch_default_init, name=f"conv{i}")(x)
+            x = Conv(f, (k, k), padding="VALID", dtype=self.dtype,
+                     kernel_init=_torch_default_init, name=f"conv{i}")(x)
             x = nn.relu(max_pool(x, 2, 2))
         x = _flatten_chw(x)
         x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_torch_default_init,
@@ -272,11 +272,11 @@ class StnNet(Classifier):
         x = SpatialTransformer(localization=localization, output_size=(28, 28), dtype=self.dtype,
                                name="stn")(x, train=train)
         k = (self.kernel_size, self.kernel_size)
-        x = nn.Conv(self.features[0], k, padding="VALID", dtype=self.dtype,
-                    kernel_init=_torch_default_init, name="conv1")(x)
+        x = Conv(self.features[0], k, padding="VALID", dtype=self.dtype,
+                 kernel_init=_torch_default_init, name="conv1")(x)
         x = nn.relu(max_pool(x, 2, 2))
-        x = nn.Conv(self.features[1], k, padding="VALID", dtype=self.dtype,
-                    kernel_init=_torch_default_init, name="conv2")(x)
+        x = Conv(self.features[1], k, padding="VALID", dtype=self.dtype,
+                 kernel_init=_torch_default_init, name="conv2")(x)
         # PyTorch's Dropout2d: whole channels are dropped, hence the broadcast over H and W.
         x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
         x = nn.relu(max_pool(x, 2, 2))
@@ -329,8 +329,8 @@ class DigitCNN(Classifier):
                                    gradient_scale=self.loc_gradient_scale, dtype=self.dtype,
                                    name="stn")(x, train=train)
         for i, f in enumerate(self.features, 1):
-            x = nn.Conv(f, (self.kernel_size, self.kernel_size), padding="VALID",
-                        dtype=self.dtype, name=f"conv{i}")(x)
+            x = Conv(f, (self.kernel_size, self.kernel_size), padding="VALID",
+                     dtype=self.dtype, name=f"conv{i}")(x)
             x = nn.relu(max_pool(x, 2, 2))
         x = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x.reshape(x.shape[0], -1))
         return self.forward_head(nn.relu(x), train=train, pool=False)

@@ -134,21 +134,20 @@ def keras_rename(key: str) -> str | None:
     return keras_leaf(layer, leaf)
 
 
-# depth: (params, GMACs, top-1) without BN, then with BN, from torchvision's Weights meta.
+# depth: (params, GMACs, top-1, top-5) without BN, then with BN, from torchvision's Weights meta.
 _TV_FIGURES = {
-    11: ((132_863_336, 7.609, 69.020), (132_868_840, 7.609, 70.370)),
-    13: ((133_047_848, 11.308, 69.928), (133_053_736, 11.308, 71.586)),
-    16: ((138_357_544, 15.470, 71.592), (138_365_992, 15.470, 73.360)),
-    19: ((143_667_240, 19.632, 72.376), (143_678_248, 19.632, 74.218)),
+    11: ((132_863_336, 7.609, 69.020, 88.628), (132_868_840, 7.609, 70.370, 89.810)),
+    13: ((133_047_848, 11.308, 69.928, 89.246), (133_053_736, 11.308, 71.586, 90.374)),
+    16: ((138_357_544, 15.470, 71.592, 90.382), (138_365_992, 15.470, 73.360, 91.516)),
+    19: ((143_667_240, 19.632, 72.376, 90.876), (143_678_248, 19.632, 74.218, 91.842)),
 }
 _KERAS_TOTAL = {16: 138_357_544, 19: 143_667_240}
 
 
 def _spec(depth: int, batch_norm: bool) -> ModelSpec:
     name = f"vgg{depth}" + ("_bn" if batch_norm else "")
-    params, gmacs, top1 = _TV_FIGURES[depth][batch_norm]
-    published = list(torchvision_meta(f"VGG{depth}" + ("_BN" if batch_norm else ""), params,
-                                      gmacs, top1))
+    published = list(torchvision_meta(f"VGG{depth}" + ("_BN" if batch_norm else ""),
+                                      *_TV_FIGURES[depth][batch_norm]))
     converters = [Converter(
         "torchvision", name,
         functools.partial(torchvision_rename, depth=depth, batch_norm=batch_norm),

@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.layers import (
-    Classifier, check_image, max_pool_with_switches, max_unpool, pair_padding,
+    Classifier, Conv, check_image, max_pool_with_switches, max_unpool, pair_padding,
     soft_pool_with_positions, soft_unpool,
 )
 from jaxcnn.spec import ModelSpec
@@ -102,7 +102,7 @@ class WhatWhereAutoencoder(Classifier):
         in_channels = x.shape[-1]
         x = x.astype(self.dtype)
         conv = functools.partial(
-            nn.Conv, kernel_size=(self.kernel_size, self.kernel_size),
+            Conv, kernel_size=(self.kernel_size, self.kernel_size),
             padding=pair_padding(self.kernel_size // 2), dtype=self.dtype,
         )
 

@@ -1,28 +1,67 @@
-"""Benchmark: ``python -m train.bench --arch resnet50 --batch-size 256 [--dtype bfloat16]``.
+"""Benchmark: ``python -m train.bench --arch resnet50 --batch-size 256 [--compare torch]``.
 
 Times the real train step (the one ``train.main`` runs: loss, gradients, optimizer, BatchNorm
 statistics) and the inference step on synthetic data already on the devices, so the input
 pipeline is not measured. Reports compile seconds, images/s (the median over timed windows)
 and peak memory (``device.memory_stats()`` where the backend has it, else the process's peak
 RSS) as JSON.
+
+``--compare torch`` times the same network in PyTorch in the same process (the torchvision or
+timm reference the variant's converter names; eager, and ``torch.compile`` unless
+``--torch-modes eager``), with the same batch, image size, dtype and train step (SGD with
+momentum 0.9 and the recipe's weight decay on both sides; no label smoothing, EMA or auxiliary
+heads), window by window in turn (:mod:`train.timing`), and prints the ratios as a Markdown
+table after the JSON. Several ``--arch`` names or wildcards and several ``--image-size``
+values make a sweep: one row per network and size, written whole to ``--output`` (JSON) and
+``--markdown``. ``--suite gpu`` is the GPU comparison of the issue in one call (five networks
+at 224, bfloat16, batch 256, against ``torch.compile``). ``--input-pipeline`` adds the images/s
+of the TFDS input pipeline (JPEG decoding, random-resized crop and flip at 224) on synthetic
+JPEGs of ImageNet's typical size.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import platform
-import resource
-import statistics
 import sys
+import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from jaxcnn.conv import FORMULATIONS  # noqa: E402
 from train.configs.default import DTYPES, OPTIMIZERS, PARALLEL, Config  # noqa: E402
 from train.data import DatasetInfo  # noqa: E402
+from train.timing import (  # noqa: E402
+    Runner, peak_rss_bytes, time_interleaved, usable_cores,
+)
+
+COMPARE_SETTINGS = {"ema_decay": 0.0, "label_smoothing": 0.0, "aux_weight": 0.0}
+"""What both sides of ``--compare torch`` train with (and SGD): the plain step a PyTorch user
+writes."""
+
+GPU_SUITE = {"arch": ["resnet50", "efficientnet_b0", "mobilenet_v2", "seresnet50", "vgg16"],
+             "image_size": [224], "batch_size": 256, "dtype": "bfloat16", "compare": "torch",
+             "torch_modes": ["compile"], "steps": 30, "windows": 3}
+"""``--suite gpu``: the issue's GPU table, designed to finish within 8 minutes on an H100.
+Flags given with it win (``--suite gpu --batch-size 8 --image-size 64`` checks it on a CPU)."""
+
+
+def restrict_cores(count: int) -> None:
+    """Pins the process to ``count`` of its cores before any framework starts its threads (XLA
+    and PyTorch size their pools from the cores the process may use)."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise SystemExit("error: --threads needs an OS that pins processes to cores (Linux).")
+    allowed = sorted(os.sched_getaffinity(0))
+    if not 1 <= count <= len(allowed):
+        raise SystemExit(f"error: --threads {count}: this process may use {len(allowed)} "
+                         f"cores; pass 1 to {len(allowed)}.")
+    os.sched_setaffinity(0, allowed[:count])
 
 
 def _peak_memory(devices) -> tuple[int | None, str]:
@@ -36,34 +75,31 @@ def _peak_memory(devices) -> tuple[int | None, str]:
             peaks.append(int(stats["peak_bytes_in_use"]))
     if peaks:
         return max(peaks), "device.memory_stats()['peak_bytes_in_use'] (max over devices)"
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if platform.system() == "Darwin" else rss * 1024), "peak RSS of the process"
+    return peak_rss_bytes(), "peak RSS of the process"
 
 
-def _time_windows(run_step, steps: int, windows: int, batch_size: int) -> dict[str, Any]:
-    per_window = max(1, steps // windows)
-    rates, step_ms = [], []
-    for _ in range(windows):
-        start = time.perf_counter()
-        out = None
-        for _ in range(per_window):
-            out = run_step()
-        import jax
-
-        jax.block_until_ready(out)
-        seconds = time.perf_counter() - start
-        rates.append(per_window * batch_size / seconds)
-        step_ms.append(1000 * seconds / per_window)
-    return {"images_per_sec": statistics.median(rates), "step_ms": statistics.median(step_ms),
-            "windows_images_per_sec": rates, "steps_per_window": per_window}
+def _compiled_memory_gib(compiled: Any) -> float | None:
+    """What XLA's memory analysis of a compiled step says it needs at its peak (arguments,
+    outputs and temporaries, less what the outputs reuse of the arguments), in GiB: a figure
+    per network, where the device's peak is the whole process's so far."""
+    try:
+        m = compiled.memory_analysis()
+        need = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                - m.alias_size_in_bytes)
+    except Exception:  # noqa: BLE001 - backends without the analysis
+        return None
+    return round(need / 2**30, 3)
 
 
-def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
-                  dtype: str = "auto", steps: int = 50, windows: int = 5, warmup: int = 2,
-                  num_classes: int = 1000, optimizer: str | None = None,
-                  parallel: str = "jit", inference: bool = True) -> dict[str, Any]:
-    """Compiles and times the train (and inference) step of ``arch``; returns the report."""
+def prepare(arch: str, *, batch_size: int, image_size: int | None = None, dtype: str = "auto",
+            num_classes: int = 1000, optimizer: str | None = None, parallel: str = "jit",
+            inference: bool = True, **config_fields: Any
+            ) -> tuple[dict[str, Any], dict[str, Runner], Any]:
+    """jaxcnn's compiled train (and inference) step of ``arch`` on a synthetic batch.
+
+    Returns the report's header (the resolved network, batch, dtype ...), the runners and the
+    resolved config. ``config_fields`` are further :class:`Config` fields (``COMPARE_SETTINGS``).
+    """
     import jax
     import numpy as np
 
@@ -81,7 +117,7 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
                        mean=(0.0,), std=(1.0,))
     config = Config(arch=arch, dataset="synthetic", image_size=size, dtype=dtype,
                     batch_size=batch_size, num_classes=num_classes, optimizer=optimizer,
-                    parallel=parallel, epochs=1, progress=False)
+                    parallel=parallel, epochs=1, progress=False, **config_fields)
     plan = resolve_config(config, info)
     c = plan.config
     par = make_parallel(c.parallel)
@@ -96,8 +132,7 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
         "label": rng.integers(0, num_classes, local).astype(np.int32),
     }
     batch = par.put_batch(host_batch)
-
-    report: dict[str, Any] = {
+    header: dict[str, Any] = {
         "arch": c.arch, "batch_size": batch_size, "image_size": size, "channels": channels,
         "num_classes": num_classes, "dtype": c.dtype, "optimizer": c.optimizer,
         "parallel": c.parallel, "params": params, "backend": jax.default_backend(),
@@ -109,11 +144,8 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
     start = time.perf_counter()
     if c.parallel == "jit":
         step_fn = step_fn.lower(state, batch).compile()
+        header["train_step_memory_gib"] = _compiled_memory_gib(step_fn)
     state, metrics = step_fn(state, batch)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    for _ in range(warmup):
-        state, metrics = step_fn(state, batch)
     jax.block_until_ready(metrics)
     holder = {"state": state}
 
@@ -121,10 +153,11 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
         holder["state"], m = step_fn(holder["state"], batch)
         return m
 
-    report["train"] = {"compile_s": compile_s, **_time_windows(train_once, steps, windows,
-                                                              batch_size)}
+    runners = {"train": Runner(train_once, jax.block_until_ready,
+                               time.perf_counter() - start)}
     if inference:
-        variables = holder["state"].eval_variables()
+        # A copy: the train step donates the state it is given, and the two steps alternate.
+        variables = jax.tree.map(lambda a: a.copy(), holder["state"].eval_variables())
 
         def forward(v, x):
             return setup.model.apply(v, x, train=False)
@@ -139,29 +172,301 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
         if c.parallel == "jit":
             infer = infer.lower(variables, images).compile()
         jax.block_until_ready(infer(variables, images))
-        infer_compile_s = time.perf_counter() - start
-        for _ in range(warmup):
-            out = infer(variables, images)
-        jax.block_until_ready(out)
-        report["inference"] = {"compile_s": infer_compile_s, **_time_windows(
-            lambda: infer(variables, images), steps, windows, batch_size)}
+        runners["inference"] = Runner(lambda: infer(variables, images), jax.block_until_ready,
+                                      time.perf_counter() - start)
+    return header, runners, c
+
+
+def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
+                  dtype: str = "auto", steps: int = 50, windows: int = 5, warmup: int = 2,
+                  num_classes: int = 1000, optimizer: str | None = None,
+                  parallel: str = "jit", inference: bool = True, compare: str | None = None,
+                  torch_modes: tuple[str, ...] = ("eager", "compile"),
+                  conv_policies: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Compiles and times the train (and inference) step of ``arch``; returns the report.
+
+    ``compare="torch"`` also times the PyTorch reference in each of ``torch_modes``, in turn
+    with ours (:func:`train.timing.time_interleaved`), and adds ``torch`` (its figures, or the
+    error that stopped a mode) and ``ratios`` (ours over theirs, images/s) to the report.
+    ``conv_policies`` (e.g. ``("xla",)``) also times our steps built with those
+    :func:`jaxcnn.conv.policy` settings, in the same turns: the figures under ``conv`` and
+    ``ratios`` of the default (``auto``) over each.
+    """
+    import jax
+
+    from jaxcnn import conv
+
+    fields = dict(COMPARE_SETTINGS) if compare else {}
+    if compare and optimizer not in (None, "sgd"):
+        raise ValueError("--compare torch trains both sides with SGD; omit --optimizer")
+    optimizer = "sgd" if compare else optimizer
+    options = dict(batch_size=batch_size, image_size=image_size, dtype=dtype,
+                   num_classes=num_classes, optimizer=optimizer, parallel=parallel,
+                   inference=inference, **fields)
+    header, runners, c = prepare(arch, **options)
+    report = dict(header)
+    all_runners = {("jaxcnn", part): r for part, r in runners.items()}
+    for name in conv_policies:
+        with conv.policy(name):  # the steps are traced and compiled inside prepare
+            _, theirs, _ = prepare(arch, **options)
+        all_runners.update({(f"jaxcnn_conv_{name}", part): r for part, r in theirs.items()})
+    errors: dict[str, str] = {}
+    if compare:
+        from train import bench_torch
+
+        try:
+            report["torch_reference"] = bench_torch.reference_name(c.arch)
+        except bench_torch.NoReference as err:
+            report["torch_reference"] = None
+            errors = {mode: str(err) for mode in torch_modes}
+        bench_torch.reset_peak_memory()
+        for mode in torch_modes:
+            if mode in errors:
+                continue
+            try:
+                theirs = bench_torch.prepare(
+                    c.arch, batch_size=batch_size, image_size=header["image_size"],
+                    channels=header["channels"], num_classes=num_classes, dtype=c.dtype,
+                    lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, mode=mode,
+                    inference=inference)
+            except Exception as err:  # noqa: BLE001 - a mode that fails is reported, not fatal
+                errors[mode] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                continue
+            all_runners.update({(f"torch_{mode}", part): r for part, r in theirs.items()})
+
+    timed = time_interleaved({f"{who}/{part}": r for (who, part), r in all_runners.items()},
+                             steps=steps, windows=windows, batch_size=batch_size, warmup=warmup)
+    for part in runners:
+        report[part] = timed[f"jaxcnn/{part}"]
+    report["ratios"] = {}
+    if conv_policies:
+        report["conv"] = {name: {part: timed[f"jaxcnn_conv_{name}/{part}"] for part in runners}
+                          for name in conv_policies}
+        report["ratios"].update({
+            f"{part}_vs_conv_{name}": report[part]["images_per_sec"]
+            / report["conv"][name][part]["images_per_sec"]
+            for name in conv_policies for part in runners})
     peak, source = _peak_memory(jax.local_devices())
     report["peak_memory_bytes"] = peak
     report["peak_memory_gib"] = None if peak is None else round(peak / 2**30, 3)
     report["peak_memory_source"] = source
+    if compare:
+        from train import bench_torch
+
+        report["torch"] = {mode: {"error": errors[mode]} if mode in errors else {
+            part: timed[f"torch_{mode}/{part}"] for part in runners} for mode in torch_modes}
+        torch_peak = bench_torch.peak_memory_bytes()
+        if torch_peak is not None:
+            report["torch_peak_memory_gib"] = round(torch_peak / 2**30, 3)
+        report["ratios"].update({
+            f"{part}_vs_torch_{mode}": report[part]["images_per_sec"]
+            / report["torch"][mode][part]["images_per_sec"]
+            for mode in torch_modes if mode not in errors for part in runners})
+    if not report["ratios"]:
+        del report["ratios"]
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# The input pipeline.
+
+
+def _synthetic_jpegs(root: str, count: int, seed: int = 0) -> None:
+    """An ImageFolder of ``count`` JPEGs of 500x375, ImageNet's typical size (smooth random
+    colours plus noise, so they compress to about the size of a photograph)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", count), ("test", 2)):
+        for i in range(n):
+            folder = os.path.join(root, split, f"class{i % 2}")
+            os.makedirs(folder, exist_ok=True)
+            coarse = rng.uniform(0, 255, (12, 16, 3)).astype(np.float32)
+            image = tf.image.resize(coarse, (375, 500), method="bicubic").numpy()
+            image += rng.normal(0, 12, image.shape)
+            data = tf.io.encode_jpeg(np.clip(image, 0, 255).astype(np.uint8), quality=90)
+            with open(os.path.join(folder, f"{i:05d}.jpg"), "wb") as f:
+                f.write(data.numpy())
+
+
+def time_input_pipeline(image_size: int = 224, batch_size: int = 128, batches: int = 20,
+                        images: int = 256) -> dict[str, Any]:
+    """images/s of the training input pipeline (:func:`train.input_pipeline.train_iterator`,
+    ``augment="inception"``: JPEG decoding of the crop, random-resized crop, flip,
+    normalisation) over every core, and per core."""
+    from train import input_pipeline
+
+    cores = usable_cores()
+    with tempfile.TemporaryDirectory() as root:
+        _synthetic_jpegs(root, images)
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+        it = input_pipeline.train_iterator(f"folder:{root}", data_dir=None,
+                                           global_batch_size=batch_size, image_size=image_size,
+                                           seed=0, augment="inception")
+        for _ in range(3):  # the pipeline's buffers fill, its threads start
+            next(it)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        seconds = time.perf_counter() - start
+    rate = batches * batch_size / seconds
+    return {"image_size": image_size, "augment": "inception (decode crop, resize, flip)",
+            "source_jpeg_kb": round(size / (images + 2) / 1024, 1), "cores": cores,
+            "images_per_sec": rate, "images_per_sec_per_core": rate / cores}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps and tables.
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None = None,
+             detail: bool = False) -> str:
+    """The comparison as a Markdown table: images/s of each side and their ratios; ``detail``
+    adds the train step's compile seconds and memory of each side."""
+    modes = sorted({m for r in reports for m in r.get("torch", {})},
+                   key=("eager", "compile").index)
+    policies = sorted({p for r in reports for p in r.get("conv", {})})
+    head = ["network", "size", "jaxcnn train", "jaxcnn infer"]
+    for p in policies:
+        head += [f"{p} conv train", "ratio", f"{p} conv infer", "ratio"]
+    for mode in modes:
+        head += [f"torch {mode} train", "ratio", f"torch {mode} infer", "ratio"]
+    if detail:
+        head += ["jaxcnn compile s"] + [f"torch {m} compile s" for m in modes]
+        head += ["jaxcnn GiB", "torch GiB"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
+    for r in reports:
+        if "train" not in r:
+            lines.append(f"| `{r['arch']}` | {r['image_size']} | {r.get('error')} |")
+            continue
+        row = [f"`{r['arch']}`", str(r["image_size"]), _fmt(r["train"]["images_per_sec"]),
+               _fmt(r.get("inference", {}).get("images_per_sec"))]
+        for p in policies:
+            side = r.get("conv", {}).get(p, {})
+            for part in ("train", "inference"):
+                row += [_fmt(side.get(part, {}).get("images_per_sec")),
+                        _ratio(r.get("ratios", {}).get(f"{part}_vs_conv_{p}"))]
+        for mode in modes:
+            side = r.get("torch", {}).get(mode, {})
+            for part in ("train", "inference"):
+                row += [_fmt(side.get(part, {}).get("images_per_sec")),
+                        _ratio(r.get("ratios", {}).get(f"{part}_vs_torch_{mode}"))]
+        if detail:
+            row.append(_fmt(r["train"]["compile_s"], 1))
+            row += [_fmt(r.get("torch", {}).get(m, {}).get("train", {}).get("compile_s"), 1)
+                    for m in modes]
+            row += [_fmt(r.get("train_step_memory_gib"), 2),
+                    _fmt(r.get("torch_peak_memory_gib"), 2)]
+        lines.append("| " + " | ".join(row) + " |")
+    first = next((r for r in reports if "train" in r), {})
+    lines += ["", f"images/s, batch {first.get('batch_size')}, {first.get('dtype')}, "
+                  f"{first.get('backend')} ({first.get('device')}, "
+                  f"{usable_cores()} cores, {platform.machine()}), "
+                  f"jax {first.get('jax')}; ratio = jaxcnn / the column before it (above 1: "
+                  f"jaxcnn faster)" + ("; 'xla conv': jaxcnn with XLA's convolution "
+                                       "everywhere (JAXCNN_CONV=xla)" if policies else "")
+                  + "."]
+    errors = {f"{r['arch']} torch {m}: {side['error']}" for r in reports
+              for m, side in r.get("torch", {}).items() if "error" in side}
+    lines += sorted(errors)
+    if detail:
+        lines.append("compile s: the train step's first call. GiB: XLA's memory analysis of the "
+                     "compiled train step; torch: the CUDA allocator's peak over the row.")
+    if pipeline:
+        lines.append(f"Input pipeline ({pipeline['augment']}, {pipeline['image_size']} px): "
+                     f"{pipeline['images_per_sec']:,.0f} images/s on {pipeline['cores']} "
+                     f"cores, {pipeline['images_per_sec_per_core']:,.0f} per core.")
+    return "\n".join(lines)
+
+
+def expand_archs(patterns: list[str]) -> list[str]:
+    """Names and shell wildcards (``resnet*``, ``all``) as registered names, in order."""
+    import jaxcnn
+
+    names: list[str] = []
+    for pattern in patterns:
+        if pattern == "all":
+            pattern = "*"
+        found = jaxcnn.list_models(pattern) if any(ch in pattern for ch in "*?[") else [
+            jaxcnn.model_info(pattern).name]
+        names += [n for n in found if n not in names]
+    if not names:
+        raise ValueError(f"no network matches {' '.join(patterns)}; see jaxcnn.list_models()")
+    return names
+
+
+def _release() -> None:
+    """Frees what one row of a sweep compiled before the next."""
+    import jax
+
+    jax.clear_caches()
+    with contextlib.suppress(Exception):
+        import torch._dynamo
+
+        torch._dynamo.reset()
+    gc.collect()
+
+
+def sweep_rows(archs: list[str], sizes: list[int | None]) -> list[tuple[str, int]]:
+    """(network, size) pairs of a sweep: ``sizes`` raised to each network's minimum (None: its
+    default); networks of one small input (LeNet-5, the MNIST/CIFAR networks) at their own."""
+    import jaxcnn
+
+    rows = []
+    for arch in archs:
+        info = jaxcnn.model_info(arch)
+        own = info.input_shape[0]
+        arch_sizes = [own] if own < 64 else sorted({max(s or own, info.min_size)
+                                                    for s in sizes})
+        rows += [(arch, size) for size in arch_sizes]
+    return rows
+
+
+def sweep(rows: list[tuple[str, int]], *, budget_minutes: float | None = None,
+          progress: Callable[[str], None] = lambda _: None, **kwargs: Any
+          ) -> list[dict[str, Any]]:
+    """:func:`run_benchmark` for every (network, size) of ``rows``. A row that fails records
+    its error; rows past ``budget_minutes`` are skipped and say so."""
+    from train import train as train_lib
+
+    start = time.perf_counter()
+    reports = []
+    for arch, size in rows:
+        progress(f"{arch} at {size}x{size}")
+        if budget_minutes is not None and time.perf_counter() - start > 60 * budget_minutes:
+            reports.append({"arch": arch, "image_size": size,
+                            "error": f"skipped: past the {budget_minutes:g}-minute budget"})
+            continue
+        try:
+            reports.append(run_benchmark(arch, image_size=size, **kwargs))
+        except (train_lib.USER_ERRORS + (LookupError,)) as err:
+            reports.append({"arch": arch, "image_size": size, "error": str(err)})
+        _release()
+    return reports
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.bench",
         description="Time the train and inference steps of a network on synthetic data "
-                    "(compile seconds, images/s, peak memory) and print JSON.")
-    parser.add_argument("--arch", default="resnet50", help="network (default: resnet50)")
+                    "(compile seconds, images/s, peak memory) and print JSON; optionally "
+                    "against PyTorch in the same run, over several networks and sizes.")
+    parser.add_argument("--arch", nargs="+", default=["resnet50"],
+                        help="network(s): names, aliases or wildcards ('resnet*', 'all'); "
+                             "several make a sweep (default: resnet50)")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="global batch size over all devices (default: 256)")
-    parser.add_argument("--image-size", type=int,
-                        help="square input size (default: the network's, e.g. 224)")
+    parser.add_argument("--image-size", type=int, nargs="+",
+                        help="square input size(s) (default: the network's, e.g. 224)")
     parser.add_argument("--dtype", default="auto", choices=DTYPES,
                         help="computation dtype (default: auto: bfloat16 on GPU/TPU, float32 "
                              "on CPU)")
@@ -174,31 +479,88 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int, default=1000,
                         help="classifier outputs (default: 1000)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS,
-                        help="optimizer in the train step (default: the recipe's)")
+                        help="optimizer in the train step (default: the recipe's; sgd with "
+                             "--compare)")
     parser.add_argument("--parallel", default="jit", choices=PARALLEL,
                         help="data parallelism over the local devices (default: jit)")
     parser.add_argument("--no-inference", dest="inference", action="store_false",
                         help="time the train step only")
+    parser.add_argument("--compare", choices=("torch",),
+                        help="also time the PyTorch reference network in the same run")
+    parser.add_argument("--torch-modes", nargs="+", default=["eager", "compile"],
+                        choices=("eager", "compile"),
+                        help="PyTorch eager and/or torch.compile (default: both)")
+    parser.add_argument("--conv-policies", nargs="+", default=[], choices=FORMULATIONS,
+                        help="also time our steps with these jaxcnn.conv formulations forced "
+                             "(xla: XLA's convolution everywhere, i.e. jaxcnn before its "
+                             "routing), in the same run")
+    parser.add_argument("--input-pipeline", action="store_true",
+                        help="also time the TFDS input pipeline at 224 px (images/s per core)")
+    parser.add_argument("--suite", choices=("gpu",),
+                        help="gpu: ResNet-50, EfficientNet-B0, MobileNetV2, SE-ResNet-50, "
+                             "VGG-16 at 224, bfloat16, batch 256, against torch.compile")
+    parser.add_argument("--budget-minutes", type=float,
+                        help="sweeps: start no row after this many minutes")
+    parser.add_argument("--threads", type=int,
+                        help="run on this many cores only (both frameworks; e.g. 1 on a "
+                             "machine busy with other work, where threads that wait for each "
+                             "other lose their time slices)")
     parser.add_argument("--output", help="also write the JSON report to this file")
+    parser.add_argument("--markdown", help="also write the Markdown table to this file")
     args = parser.parse_args(argv)
-
+    if args.suite == "gpu":  # the suite's settings, under any flag given on the command line
+        parser.set_defaults(**GPU_SUITE, input_pipeline=True)
+        args = parser.parse_args(argv)
+    if args.threads:
+        restrict_cores(args.threads)
+    if args.compare or args.suite:
+        # Two frameworks share the accelerator: XLA must not take most of its memory up front.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     from train import train as train_lib
 
+    options = dict(batch_size=args.batch_size, dtype=args.dtype, steps=args.steps,
+                   windows=args.windows, warmup=args.warmup, num_classes=args.num_classes,
+                   optimizer=args.optimizer, parallel=args.parallel, inference=args.inference,
+                   compare=args.compare, torch_modes=tuple(args.torch_modes),
+                   conv_policies=tuple(args.conv_policies))
+    sizes = args.image_size or [None]
     try:
-        report = run_benchmark(args.arch, batch_size=args.batch_size,
-                               image_size=args.image_size, dtype=args.dtype, steps=args.steps,
-                               windows=args.windows, warmup=args.warmup,
-                               num_classes=args.num_classes, optimizer=args.optimizer,
-                               parallel=args.parallel, inference=args.inference)
-    except train_lib.USER_ERRORS as err:
+        archs = expand_archs(args.arch)
+        if len(archs) == 1 and len(sizes) == 1 and not args.suite:
+            result: Any = run_benchmark(archs[0], image_size=sizes[0], **options)
+            reports = [result]
+        else:
+            from tqdm import tqdm
+
+            rows = sweep_rows(archs, sizes)
+            bar = tqdm(total=len(rows), desc="sweep", unit="row")
+
+            def progress(text: str) -> None:
+                bar.set_postfix_str(text, refresh=False)
+                bar.update()
+
+            reports = sweep(rows, budget_minutes=args.budget_minutes, progress=progress,
+                            **options)
+            bar.close()
+            result = {"rows": reports}
+    except (train_lib.USER_ERRORS + (ValueError, LookupError)) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    text = json.dumps(report, indent=2)
-    print(text)
+    pipeline = time_input_pipeline() if args.input_pipeline else None
+    if pipeline:
+        result["input_pipeline"] = pipeline
+    print(json.dumps(result, indent=2))
+    table = markdown(reports, pipeline=pipeline, detail=bool(args.suite)) if (
+        args.compare or args.conv_policies or len(reports) > 1 or pipeline) else None
+    if table:
+        print("\n" + table)
     if args.output:
         from train.checkpoints import write_json_atomic
 
-        write_json_atomic(args.output, report)
+        write_json_atomic(args.output, result)
+    if args.markdown and table:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
     return 0
 
 

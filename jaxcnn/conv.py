@@ -1,0 +1,315 @@
+"""Convolution that is fast on every backend: one entry point, a formulation chosen per shape.
+
+XLA's CPU convolution is fast on most shapes and very slow on a few: a padded 3x3 convolution
+over a 2x2 map (ResNet's last stage at 64 px, 512 channels, batch 32) runs about a hundred
+times below XLA's own typical throughput (openxla/xla issue 34273, jax-ml/jax issue 31662).
+The same numbers come out of other formulations, each one a handful of XLA operations:
+
+* ``"xla"``: ``lax.conv_general_dilated`` itself;
+* ``"im2col"``: the image's patches (one strided slice per kernel tap, side by side) times
+  the kernel as one matrix product; one product per group (batched) for grouped
+  convolutions. A 1x1 convolution is the special case of one tap: a plain matrix product;
+* ``"shifted"``: the sum over the kernel taps of each shifted slice of the image times the
+  tap's kernel (elementwise for a depthwise convolution), without im2col's patches.
+
+:func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature; it picks a
+formulation at trace time from the backend and the shape (:func:`choose`) and differentiates
+through it, so the backward pass takes the same route (the patches' product transposes into
+two matrix products). Every network builds its convolutions with :class:`Conv`, Flax's
+``nn.Conv`` with this function, so parameter names and trees are Flax's own.
+
+Other backends (GPU, TPU) keep XLA's convolution. :func:`policy` forces one formulation for
+the code traced inside it (benchmarks compare them in one process), and the environment
+variable ``JAXCNN_CONV=xla`` switches the choice off for a whole process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+FORMULATIONS = ("xla", "im2col", "shifted")
+AUTO = "auto"
+
+NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                out_spec=(0, 3, 1, 2))
+"""Flax's layout (NHWC images, HWIO kernels), the one the formulations take."""
+
+_POLICY: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "jaxcnn_conv_policy", default=os.environ.get("JAXCNN_CONV", AUTO))
+
+
+@contextlib.contextmanager
+def policy(name: str) -> Iterator[None]:
+    """Within the block, functions traced use formulation ``name`` where it applies
+    (``"auto"``: :func:`choose`'s pick). Jitted functions traced before keep their choice."""
+    if name not in (AUTO, *FORMULATIONS):
+        raise ValueError(f"conv policy {name!r} is not one of {AUTO}, {', '.join(FORMULATIONS)}")
+    token = _POLICY.set(name)
+    try:
+        yield
+    finally:
+        _POLICY.reset(token)
+
+
+# ----------------------------------------------------------------------------------------------
+# The geometry of a convolution, as the formulations see it.
+
+
+class Shape:
+    """An NHWC x HWIO convolution: sizes, strides, explicit padding, groups."""
+
+    def __init__(self, lhs: tuple[int, ...], rhs: tuple[int, ...], strides: Sequence[int],
+                 pads: Sequence[tuple[int, int]], groups: int):
+        self.batch, self.height, self.width, self.in_channels = lhs
+        self.kh, self.kw, self.group_in, self.out_channels = rhs
+        self.strides = tuple(strides)
+        self.pads = tuple(tuple(p) for p in pads)
+        self.groups = groups
+        (top, bottom), (left, right) = self.pads
+        self.out_h = (self.height + top + bottom - self.kh) // self.strides[0] + 1
+        self.out_w = (self.width + left + right - self.kw) // self.strides[1] + 1
+
+    @property
+    def taps(self) -> int:
+        return self.kh * self.kw
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+    @property
+    def padded(self) -> bool:
+        return any(p for pair in self.pads for p in pair)
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds x 2 of the forward pass."""
+        return 2 * self.batch * self.out_h * self.out_w * self.taps * self.group_in * \
+            self.out_channels
+
+    @property
+    def patch_bytes(self) -> int:
+        """Size of the stacked patches im2col builds, in float32."""
+        return 4 * self.batch * self.out_h * self.out_w * self.taps * self.in_channels
+
+    def __repr__(self) -> str:
+        return (f"Shape(N{self.batch} {self.height}x{self.width}x{self.in_channels} "
+                f"k{self.kh}x{self.kw} -> {self.out_channels} s{self.strides} p{self.pads} "
+                f"g{self.groups})")
+
+
+def explicit_pads(padding: str | Sequence[tuple[int, int]], lhs: tuple[int, ...],
+                  rhs: tuple[int, ...], strides: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """``"SAME"``/``"VALID"`` (or pairs) as (before, after) pairs for H and W."""
+    if isinstance(padding, str):
+        return tuple(lax.padtype_to_pads(lhs[1:3], rhs[:2], strides, padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+# ----------------------------------------------------------------------------------------------
+# The formulations. Each takes NHWC ``x`` and HWIO ``w`` with explicit padding.
+
+
+def _taps(x: jax.Array, s: Shape, spatial: int = 1) -> list[jax.Array]:
+    """One strided view of the padded input per kernel tap, in the kernel's row-major order:
+    (N, out_h, out_w, C) each, or (..., out_h, out_w, C) with the spatial axes at ``spatial``
+    and ``spatial + 1``."""
+    if s.padded:
+        x = jnp.pad(x, [(0, 0)] * spatial + [*s.pads, (0, 0)])
+    sh, sw = s.strides
+    lead = x.shape[:spatial]
+    return [lax.slice(x, (0,) * spatial + (i, j, 0),
+                      (*lead, i + (s.out_h - 1) * sh + 1, j + (s.out_w - 1) * sw + 1,
+                       x.shape[-1]), (1,) * spatial + (sh, sw, 1))
+            for i in range(s.kh) for j in range(s.kw)]
+
+
+def xla_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> jax.Array:
+    return lax.conv_general_dilated(x, w, s.strides, s.pads, dimension_numbers=NHWC,
+                                    feature_group_count=s.groups, precision=precision)
+
+
+def im2col_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> jax.Array:
+    if s.groups == 1:
+        taps = _taps(x, s)
+        patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+        return jnp.dot(patches, w.reshape(s.taps * s.group_in, s.out_channels),
+                       precision=precision)
+    # One matrix product per group, the group axis leading (a batched product XLA handles
+    # well); output channel o belongs to group o // (out / groups), as in lax.
+    g, cg, og = s.groups, s.group_in, s.out_channels // s.groups
+    grouped = x.reshape(*x.shape[:3], g, cg).transpose(3, 0, 1, 2, 4)  # G N H W Cg
+    patches = jnp.concatenate(_taps(grouped, s, spatial=2), axis=-1)  # G N h w T*Cg
+    patches = patches.reshape(g, -1, s.taps * cg)
+    kernel = w.reshape(s.taps, cg, g, og).transpose(2, 0, 1, 3).reshape(g, s.taps * cg, og)
+    y = lax.dot_general(patches, kernel, (((2,), (1,)), ((0,), (0,))), precision=precision)
+    y = y.reshape(g, s.batch, s.out_h, s.out_w, og).transpose(1, 2, 3, 0, 4)
+    return y.reshape(s.batch, s.out_h, s.out_w, s.out_channels)
+
+
+def shifted_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> jax.Array:
+    kernel = w.reshape(s.taps, s.group_in, s.out_channels)
+    g, cg, og = s.groups, s.group_in, s.out_channels // s.groups
+    y = None
+    for t, tap in enumerate(_taps(x, s)):
+        if s.depthwise:  # one input channel per output channel: elementwise
+            term = tap * kernel[t, 0]
+        elif g == 1:
+            term = jnp.dot(tap, kernel[t], precision=precision)
+        else:
+            term = jnp.einsum("nhwgc,cgo->nhwgo", tap.reshape(*tap.shape[:3], g, cg),
+                              kernel[t].reshape(cg, g, og), precision=precision)
+            term = term.reshape(*tap.shape[:3], s.out_channels)
+        y = term if y is None else y + term
+    return y
+
+
+_IMPLEMENTATIONS: dict[str, Callable[..., jax.Array]] = {
+    "xla": xla_conv, "im2col": im2col_conv, "shifted": shifted_conv,
+}
+
+
+def implementation(name: str) -> Callable[..., jax.Array]:
+    """Formulation ``name`` as ``f(x, w, shape, precision=None)``."""
+    return _IMPLEMENTATIONS[name]
+
+
+def applies(name: str, s: Shape) -> bool:
+    """Whether formulation ``name`` computes convolution ``s`` (each computes every one)."""
+    return name in _IMPLEMENTATIONS
+
+
+# ----------------------------------------------------------------------------------------------
+# The choice.
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """The formulation of each pass of one convolution: the forward pass, the gradient with
+    respect to the input and the one with respect to the kernel (each the transpose of its
+    formulation's linear map, so any mix gives the same numbers)."""
+
+    forward: str = "xla"
+    input_grad: str = "xla"
+    kernel_grad: str = "xla"
+
+    @classmethod
+    def all(cls, name: str) -> "Route":
+        return cls(name, name, name)
+
+
+XLA = Route()
+
+
+SMALL_MAP = 4
+"""Output maps of at most this many pixels (2x2) are where XLA's dense convolution collapses
+(a padded 3x3 over a 2x2 map: about a hundredth of its usual throughput)."""
+
+MAX_PATCH_BYTES = 64 << 20
+"""im2col's patches are kept below this size (they hold each input pixel once per tap)."""
+
+
+def choose(s: Shape, backend: str) -> Route:
+    """The formulation of each pass of ``s`` on ``backend``: XLA's convolution except where
+    its CPU convolution is slow (measured by ``python -m train.convbench``; see the README):
+
+    * depthwise convolutions, every pass: XLA runs them at a few percent of the elementwise
+      formulation's speed, and its kernel gradient at a fraction of a percent;
+    * other grouped convolutions: XLA's kernel gradient (a batch-grouped convolution) and
+      its input gradient; the forward pass too when there are only a few groups;
+    * dense convolutions with a spatial kernel onto small maps (:data:`SMALL_MAP`), every
+      pass.
+    """
+    if backend != "cpu":
+        return XLA
+    if s.depthwise and s.out_channels == s.in_channels:
+        return Route.all("shifted")
+    fits = s.patch_bytes <= MAX_PATCH_BYTES
+    if s.groups > 1:
+        if not fits:
+            return Route("xla", "xla", "im2col")
+        return Route("im2col" if s.groups <= 4 else "xla", "im2col", "im2col")
+    if s.taps > 1 and s.out_h * s.out_w <= SMALL_MAP and fits:
+        return Route.all("im2col")
+    return XLA
+
+
+def _route(s: Shape) -> Route:
+    name = _POLICY.get()
+    if name == AUTO:
+        return choose(s, jax.default_backend())
+    return Route.all(name if applies(name, s) else "xla")
+
+
+def routed(x: jax.Array, w: jax.Array, s: Shape, route: Route, precision: Any = None
+           ) -> jax.Array:
+    """``s`` computed forward by ``route.forward``; differentiated (forward or reverse mode)
+    through ``route.input_grad`` and ``route.kernel_grad``."""
+    impl = _IMPLEMENTATIONS
+    if route.forward == route.input_grad == route.kernel_grad:
+        return impl[route.forward](x, w, s, precision)
+
+    @jax.custom_jvp
+    def conv(x, w):
+        return impl[route.forward](x, w, s, precision)
+
+    def jvp(primals, tangents):
+        (x, w), (dx, dw) = primals, tangents
+        terms = []
+        if not isinstance(dx, SymbolicZero):
+            terms.append(impl[route.input_grad](dx, w, s, precision))
+        if not isinstance(dw, SymbolicZero):
+            terms.append(impl[route.kernel_grad](x, dw, s, precision))
+        y = conv(x, w)
+        if not terms:
+            return y, jnp.zeros_like(y)
+        return y, terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+    conv.defjvp(jvp, symbolic_zeros=True)
+    return conv(x, w)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                         padding: str | Sequence[tuple[int, int]],
+                         lhs_dilation: Sequence[int] | None = None,
+                         rhs_dilation: Sequence[int] | None = None,
+                         dimension_numbers: Any = None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision: Any = None,
+                         preferred_element_type: Any = None) -> jax.Array:
+    """``lax.conv_general_dilated``, each pass computed by the formulation :func:`choose`
+    picks.
+
+    Only 2-D NHWC x HWIO convolutions without dilation are rerouted (every convolution of the
+    zoo); anything else goes to ``lax.conv_general_dilated`` unchanged.
+    """
+    def native() -> jax.Array:
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type)
+
+    if (lhs.ndim != 4 or batch_group_count != 1 or preferred_element_type is not None
+            or any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+            or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != NHWC):
+        return native()
+    pads = explicit_pads(padding, lhs.shape, rhs.shape, window_strides)
+    if any(p < 0 for pair in pads for p in pair):
+        return native()
+    s = Shape(lhs.shape, rhs.shape, window_strides, pads, feature_group_count)
+    return routed(lhs, rhs, s, _route(s), precision)
+
+
+class Conv(nn.Conv):
+    """Flax's ``nn.Conv`` computed by :func:`conv_general_dilated`: same fields, same
+    parameters (``kernel`` HWIO, ``bias``), the fast formulation for each shape."""
+
+    conv_general_dilated: Callable[..., jax.Array] | None = conv_general_dilated

@@ -1,0 +1,93 @@
+"""The side-by-side benchmark: both frameworks timed in one run, sweeps, tables, the pipeline.
+
+Timings are never asserted (the suite runs on busy machines); what is checked is that each side
+ran, the report says what ran, and the tables say what the reports say.
+"""
+
+import json
+
+import pytest
+
+from train import bench, timing
+
+
+@pytest.mark.slow
+@pytest.mark.parity
+def test_compare_torch_times_both_sides_in_one_run(capsys):
+    rc = bench.main(["--arch", "lenet5", "--batch-size", "8", "--steps", "2", "--windows", "2",
+                     "--warmup", "1", "--num-classes", "10", "--compare", "torch",
+                     "--torch-modes", "eager"])
+    out = capsys.readouterr().out
+    report = json.loads(out[:out.index("\n\n|")])
+    assert rc == 0 and report["optimizer"] == "sgd"  # both sides train with SGD
+    assert report["torch_reference"] == "torch LeNet-5 (train.bench_torch)"
+    for part in ("train", "inference"):
+        theirs = report["torch"]["eager"][part]
+        assert theirs["images_per_sec"] > 0 and len(theirs["windows_images_per_sec"]) == 2
+        assert report["ratios"][f"{part}_vs_torch_eager"] == pytest.approx(
+            report[part]["images_per_sec"] / theirs["images_per_sec"])
+    assert "| `lenet5` | 32 |" in out and "torch eager train" in out
+
+
+@pytest.mark.parity
+def test_the_torch_network_is_the_variants_reference():
+    from train import bench_torch
+
+    assert bench_torch.reference_name("resnet18") == "torchvision resnet18"
+    assert bench_torch.reference_name("senet") == "timm legacy_seresnet50"
+    # LeNet-5 has no reference to convert from: the one written in bench_torch has the modern
+    # LeNet-5's 61,706 parameters (docs/sources.md sec. 3.6).
+    lenet = bench_torch.build_reference("lenet5", num_classes=10, channels=1)
+    assert sum(p.numel() for p in lenet.parameters()) == 61_706
+    with pytest.raises(bench_torch.NoReference, match="nin_cifar10 has no torchvision"):
+        bench_torch.reference_name("nin_cifar10")
+
+
+def test_sweep_rows_raise_sizes_to_each_networks_minimum():
+    # Inception v3 admits 75x75 at the least (torchvision's own check); LeNet-5 takes 32x32
+    # only, whatever the sweep's sizes.
+    rows = bench.sweep_rows(bench.expand_archs(["lenet5", "inception_v3"]), [32, 224])
+    assert rows == [("lenet5", 32), ("inception_v3", 75), ("inception_v3", 224)]
+    assert bench.expand_archs(["resnet1*"]) == ["resnet101", "resnet101_keras",
+                                                "resnet101_v2", "resnet152", "resnet152_keras",
+                                                "resnet152_v2", "resnet18"]
+
+
+def test_markdown_shows_ratios_and_what_failed():
+    side = {"train": {"images_per_sec": 50.0, "compile_s": 2.0},
+            "inference": {"images_per_sec": 200.0}}
+    report = {"arch": "resnet18", "image_size": 64, "batch_size": 32, "dtype": "float32",
+              "backend": "cpu", "device": "cpu", "jax": "0", "train_step_memory_gib": 0.5,
+              "train": {"images_per_sec": 100.0, "compile_s": 3.0},
+              "inference": {"images_per_sec": 100.0},
+              "torch": {"eager": side, "compile": {"error": "RuntimeError: no compiler"}},
+              "ratios": {"train_vs_torch_eager": 2.0, "inference_vs_torch_eager": 0.5}}
+    failed = {"arch": "zfnet", "image_size": 64, "error": "skipped: past the budget"}
+    table = bench.markdown([report, failed], detail=True)
+    assert "| `resnet18` | 64 | 100 | 100 | 50 | 2.00x | 200 | 0.50x | — | — | — | — |" in table
+    assert "| `zfnet` | 64 | skipped: past the budget |" in table
+    assert "resnet18 torch compile: RuntimeError: no compiler" in table
+
+
+def test_time_interleaved_takes_the_sides_in_turn():
+    calls = []
+
+    def runner(name):
+        return timing.Runner(lambda: calls.append(name), lambda _: None, 0.0,
+                             enter=lambda: calls.append(f"enter {name}"))
+
+    result = timing.time_interleaved({"a": runner("a"), "b": runner("b")}, steps=4, windows=2,
+                                     batch_size=8, warmup=1)
+    # Warm-up of each, then windows of 2 steps, a and b alternating.
+    assert calls == ["enter a", "a", "enter b", "b",
+                     "enter a", "a", "a", "enter b", "b", "b",
+                     "enter a", "a", "a", "enter b", "b", "b"]
+    assert result["a"]["steps_per_window"] == 2 and len(result["b"]["windows_images_per_sec"]) == 2
+
+
+@pytest.mark.slow
+def test_input_pipeline_throughput_is_reported():
+    result = bench.time_input_pipeline(batch_size=8, batches=2, images=16)
+    assert result["images_per_sec"] > 0 and result["image_size"] == 224
+    assert result["images_per_sec_per_core"] == pytest.approx(
+        result["images_per_sec"] / result["cores"])

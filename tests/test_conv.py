@@ -1,0 +1,206 @@
+"""Every formulation of jaxcnn.conv against lax.conv_general_dilated: values and gradients.
+
+One small case per shape class of the zoo (tests/ sizes, not the benchmark's): the padded 3x3 on
+2x2 and 1x1 maps, strided 3x3 on odd and even maps, 1x1 plain and strided, the 7x7 stem with
+3 input channels, Inception's 1x7/7x1, AlexNet's 11x11 stride 4, grouped and depthwise
+convolutions with symmetric and Keras' asymmetric padding.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxcnn import conv
+
+CASES = {
+    # name: (input NHWC, kernel HWIO, strides, padding, groups)
+    "3x3 pad on 2x2": ((2, 2, 2, 8), (3, 3, 8, 6), (1, 1), ((1, 1), (1, 1)), 1),
+    "3x3 pad on 1x1": ((2, 1, 1, 8), (3, 3, 8, 6), (1, 1), ((1, 1), (1, 1)), 1),
+    "3x3 s2 pad on 7x7": ((2, 7, 7, 4), (3, 3, 4, 5), (2, 2), ((1, 1), (1, 1)), 1),
+    "3x3 s2 SAME on 8x8": ((2, 8, 8, 4), (3, 3, 4, 5), (2, 2), "SAME", 1),
+    "1x1": ((2, 5, 5, 6), (1, 1, 6, 7), (1, 1), "VALID", 1),
+    "1x1 s2": ((2, 6, 6, 6), (1, 1, 6, 7), (2, 2), ((0, 0), (0, 0)), 1),
+    "7x7 s2 stem": ((2, 17, 17, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3)), 1),
+    "1x7": ((2, 6, 6, 4), (1, 7, 4, 5), (1, 1), ((0, 0), (3, 3)), 1),
+    "7x1": ((2, 6, 6, 4), (7, 1, 4, 5), (1, 1), ((3, 3), (0, 0)), 1),
+    "11x11 s4": ((1, 23, 23, 3), (11, 11, 3, 4), (4, 4), ((2, 2), (2, 2)), 1),
+    "grouped 3x3": ((2, 4, 4, 8), (3, 3, 2, 12), (1, 1), ((1, 1), (1, 1)), 4),
+    "grouped 3x3 s2": ((2, 5, 5, 8), (3, 3, 4, 8), (2, 2), ((1, 1), (1, 1)), 2),
+    "depthwise 3x3": ((2, 4, 4, 6), (3, 3, 1, 6), (1, 1), ((1, 1), (1, 1)), 6),
+    "depthwise 3x3 on 1x1": ((2, 1, 1, 6), (3, 3, 1, 6), (1, 1), ((1, 1), (1, 1)), 6),
+    "depthwise 5x5 s2 keras pad": ((2, 8, 8, 6), (5, 5, 1, 6), (2, 2), ((1, 2), (1, 2)), 6),
+}
+
+
+def _arrays(lhs_shape, rhs_shape):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(lhs_shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(rhs_shape), jnp.float32)
+    return x, w
+
+
+def _reference(x, w, strides, padding, groups):
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=conv.NHWC,
+                                    feature_group_count=groups)
+
+
+@pytest.mark.parametrize("formulation", conv.FORMULATIONS)
+@pytest.mark.parametrize("case", CASES.values(), ids=list(CASES))
+def test_formulation_equals_lax_values_and_gradients(case, formulation):
+    lhs_shape, rhs_shape, strides, padding, groups = case
+    x, w = _arrays(lhs_shape, rhs_shape)
+    pads = conv.explicit_pads(padding, lhs_shape, rhs_shape, strides)
+    shape = conv.Shape(lhs_shape, rhs_shape, strides, pads, groups)
+    if not conv.applies(formulation, shape):
+        pytest.skip(f"{formulation} does not compute {shape}")
+    impl = conv.implementation(formulation)
+
+    def ours(x, w):
+        return impl(x, w, shape)
+
+    def reference(x, w):
+        return _reference(x, w, strides, padding, groups)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def value_and_grads(fn, x, w, cotangent):
+        y, pullback = jax.vjp(fn, x, w)
+        return y, pullback(cotangent)
+
+    want_shape = jax.eval_shape(reference, x, w).shape
+    cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(want_shape), jnp.float32)
+    want, want_grads = value_and_grads(reference, x, w, cotangent)
+    got, got_grads = value_and_grads(ours, x, w, cotangent)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for g, r in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=list(CASES))
+def test_the_routed_entry_point_equals_lax_on_this_backend(case):
+    lhs_shape, rhs_shape, strides, padding, groups = case
+    x, w = _arrays(lhs_shape, rhs_shape)
+    got = jax.jit(lambda x, w: conv.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=conv.NHWC, feature_group_count=groups))(x, w)
+    np.testing.assert_allclose(got, _reference(x, w, strides, padding, groups), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_accelerators_keep_xla_convolution():
+    shape = conv.Shape((32, 2, 2, 512), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), 1)
+    assert conv.choose(shape, "gpu") == conv.choose(shape, "tpu") == conv.XLA
+
+
+@pytest.mark.parametrize("route", [conv.Route("xla", "im2col", "xla"),
+                                   conv.Route("im2col", "xla", "im2col"),
+                                   conv.Route("shifted", "xla", "im2col")], ids=str)
+def test_mixed_routes_differentiate_both_ways(route):
+    """Each pass may take another formulation: reverse mode (the gradients) and forward mode
+    (jax.jvp) still give lax's numbers, and a gradient with respect to the kernel alone
+    computes no input gradient."""
+    lhs_shape, rhs_shape, strides, padding, groups = CASES["depthwise 3x3"]
+    x, w = _arrays(lhs_shape, rhs_shape)
+    shape = conv.Shape(lhs_shape, rhs_shape, strides, padding, groups)
+
+    def ours(x, w):
+        return conv.routed(x, w, shape, route)
+
+    def reference(x, w):
+        return _reference(x, w, strides, padding, groups)
+
+    def loss(fn):
+        return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w))), argnums=(0, 1)))
+
+    for g, r in zip(loss(ours)(x, w), loss(reference)(x, w)):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4)
+    _, tangent = jax.jvp(ours, (x, w), (x, w))
+    np.testing.assert_allclose(tangent, jax.jvp(reference, (x, w), (x, w))[1], rtol=1e-5,
+                               atol=1e-4)
+
+
+def test_a_kernel_gradient_alone_computes_no_input_gradient():
+    # The stem of a network: its input (the images) needs no gradient. With im2col only for
+    # the input gradient, the kernel's gradient alone has no matrix product in it.
+    lhs_shape, rhs_shape, strides, padding, groups = CASES["7x7 s2 stem"]
+    x, w = _arrays(lhs_shape, rhs_shape)
+    shape = conv.Shape(lhs_shape, rhs_shape, strides, padding, groups)
+    route = conv.Route("xla", "im2col", "xla")
+    kernel_only = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(conv.routed(x, w, shape, route))))
+    both = jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(conv.routed(x, w, shape, route)),
+                                   argnums=(0, 1)))
+    assert "dot_general" not in str(kernel_only(w)) and "dot_general" in str(both(x, w))
+
+
+def test_conv_has_the_parameters_of_flax_conv():
+    x = jnp.ones((1, 6, 6, 4))
+    kwargs = dict(features=8, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+                  feature_group_count=2)
+    ours = conv.Conv(**kwargs).init(jax.random.key(0), x)
+    flax = nn.Conv(**kwargs).init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, flax)
+    np.testing.assert_allclose(conv.Conv(**kwargs).apply(flax, x), nn.Conv(**kwargs).apply(flax, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_dilated_and_other_layouts_go_to_lax_unchanged():
+    x, w = _arrays((1, 6, 6, 2), (3, 3, 2, 3))
+    got = conv.conv_general_dilated(x, w, (1, 1), "SAME", rhs_dilation=(2, 2),
+                                    dimension_numbers=conv.NHWC)
+    want = lax.conv_general_dilated(x, w, (1, 1), "SAME", rhs_dilation=(2, 2),
+                                    dimension_numbers=conv.NHWC)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_policy_names_are_checked():
+    with pytest.raises(ValueError, match="not one of auto, xla"):
+        with conv.policy("winograd"):
+            pass
+
+
+def test_every_network_convolves_through_jaxcnn_conv():
+    """The routing lives in one place: no family file calls Flax's or lax's convolution
+    itself (jaxcnn.conv.Conv subclasses nn.Conv, so summaries still recognise it)."""
+    import pathlib
+
+    package = pathlib.Path(conv.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        if path.name == "conv.py":
+            continue
+        text = path.read_text()
+        for forbidden in ("nn.Conv(", "lax.conv_general_dilated(", "nn.Conv,"):
+            assert forbidden not in text, f"{path.name} calls {forbidden[:-1]} directly"
+
+
+@pytest.mark.slow
+def test_a_network_gives_xlas_numbers_and_gradients_with_the_routing():
+    """ResNet-18 at 32x32 ends on 2x2 and 1x1 maps (im2col, every pass): its logits and every
+    parameter gradient of the train step equal those with XLA's convolution everywhere.
+    (Depthwise and grouped routes are checked layer by layer above; whole networks of them
+    cost minutes to compile twice on 2 cores.)"""
+    import jaxcnn
+
+    model = jaxcnn.create_model("resnet18", num_classes=10)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32, 32, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), x, train=False)
+
+    def loss(params):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                                mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+        return jnp.sum(jnp.sin(logits)), logits
+
+    results = {}
+    for name in ("auto", "xla"):
+        with conv.policy(name):
+            results[name] = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+    (g_auto, y_auto), (g_xla, y_xla) = results["auto"], results["xla"]
+    np.testing.assert_allclose(y_auto, y_xla, rtol=1e-4, atol=1e-4)
+    # Relative to the largest gradient: biases ahead of a BatchNorm have gradients that are
+    # zero but for rounding, which no relative test per leaf survives.
+    scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(g_xla))
+    for a, b in zip(jax.tree.leaves(g_auto), jax.tree.leaves(g_xla)):
+        assert float(jnp.max(jnp.abs(a - b))) < 1e-4 * scale

@@ -1,0 +1,336 @@
+"""Convolution shapes of the zoo, timed in each formulation: ``python -m train.convbench``.
+
+Collects every convolution the registered networks run at the given image sizes (batch 32,
+forward of the train step), groups them into shape classes (stem, 1x1, spatial kxk, grouped,
+depthwise; by map size, stride and padding), and times a sample of each class forward and
+backward (gradients with respect to the input and the kernel) in every formulation of
+:mod:`jaxcnn.conv` that computes it, interleaved in one process so that the ratios hold on a
+busy machine. Prints one line per class: XLA's GFLOP/s, the best formulation's, and what
+:func:`jaxcnn.conv.choose` picks ("auto"); writes every measurement as JSON.
+
+XLA's "typical" throughput is the median forward GFLOP/s of its dense (ungrouped) convolutions
+of at least 0.1 GFLOP in the sample; a class below half of it is flagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any, Iterable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jaxcnn  # noqa: E402
+from jaxcnn import conv  # noqa: E402
+from train.bench import sweep_rows  # noqa: E402
+
+DEFAULT_SIZES = (32, 64, 224)
+MAX_PATCH_BYTES = 1 << 29  # im2col's stacked patches beyond this are not tried
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvKey:
+    """A convolution without its batch: what makes two layers the same shape."""
+
+    height: int
+    width: int
+    in_channels: int
+    kh: int
+    kw: int
+    out_channels: int
+    strides: tuple[int, int]
+    pads: tuple[tuple[int, int], tuple[int, int]]
+    groups: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ConvKey":
+        return cls(**{**d, "strides": tuple(d["strides"]),
+                      "pads": tuple(tuple(p) for p in d["pads"])})
+
+    def shape(self, batch: int) -> conv.Shape:
+        return conv.Shape((batch, self.height, self.width, self.in_channels),
+                          (self.kh, self.kw, self.in_channels // self.groups,
+                           self.out_channels), self.strides, self.pads, self.groups)
+
+
+def shape_class(key: ConvKey) -> str:
+    """``kind map stride pad``: e.g. ``3x3 2x2 s1 pad``, ``depthwise 5x5 8x8 s2 pad``."""
+    if key.groups > 1:
+        kind = ("depthwise" if key.groups == key.in_channels == key.out_channels
+                else "grouped") + f" {key.kh}x{key.kw}"
+    elif key.kh == key.kw == 1:
+        kind = "1x1"
+    elif key.in_channels <= 4:
+        kind = f"stem {key.kh}x{key.kw}"
+    else:
+        kind = f"{key.kh}x{key.kw}" if key.kh == key.kw else "1xk/kx1"
+    side = key.height
+    band = next(f"{b}x{b}" if a == b else f"{a}-{b}"
+                for a, b in ((1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 32), (33, 64),
+                             (65, 10**6)) if a <= side <= b).replace("65-1000000", ">64")
+    pad = "pad" if any(p for pair in key.pads for p in pair) else "valid"
+    return f"{kind} {band} s{key.strides[0]} {pad}"
+
+
+def _conv_eqns(jaxpr: Any) -> Iterable[Any]:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            yield eqn
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                yield from _conv_eqns(inner)
+
+
+def network_sizes(name: str, sizes: Iterable[int]) -> list[int]:
+    """The sizes a network runs at: those of a sweep of ``python -m train.bench``."""
+    return [size for _, size in sweep_rows([name], list(sizes))]
+
+
+def collect(names: Iterable[str], sizes: Iterable[int], batch: int = 32
+            ) -> dict[ConvKey, list[str]]:
+    """Every convolution in the train-mode forward pass: key -> ``["net@size", ...]``."""
+    found: dict[ConvKey, list[str]] = collections.defaultdict(list)
+    for name in names:
+        model = jaxcnn.create_model(name)
+        channels = jaxcnn.model_info(name).input_shape[2]
+        for size in network_sizes(name, sizes):
+            x = jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32)
+            rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+            with conv.policy("xla"):  # the convolutions themselves, not their rewriting
+                variables = jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)
+                jaxpr = jax.make_jaxpr(lambda v, x: model.apply(
+                    v, x, train=True, mutable=["batch_stats"], rngs=rngs))(variables, x)
+            for eqn in _conv_eqns(jaxpr.jaxpr):
+                lhs, rhs, p = eqn.invars[0].aval, eqn.invars[1].aval, eqn.params
+                if (p["dimension_numbers"] != conv.NHWC
+                        or any(d != 1 for d in (*p["lhs_dilation"], *p["rhs_dilation"]))):
+                    continue
+                key = ConvKey(lhs.shape[1], lhs.shape[2], lhs.shape[3], rhs.shape[0],
+                              rhs.shape[1], rhs.shape[3], tuple(p["window_strides"]),
+                              tuple(tuple(q) for q in p["padding"]),
+                              p["feature_group_count"])
+                found[key].append(f"{name}@{size}")
+    return dict(found)
+
+
+def sample(keys: Iterable[ConvKey], per_class: int, batch: int = 32) -> list[ConvKey]:
+    """Up to ``per_class`` keys of each class, spread over its range of FLOPs (the largest
+    always in); ``per_class=0`` keeps every key."""
+    by_class: dict[str, list[ConvKey]] = collections.defaultdict(list)
+    for key in keys:
+        by_class[shape_class(key)].append(key)
+    chosen = []
+    for members in by_class.values():
+        members.sort(key=lambda k: k.shape(batch).flops)
+        if per_class and len(members) > per_class:
+            picks = np.linspace(0, len(members) - 1, per_class).round().astype(int)
+            members = [members[i] for i in sorted(set(picks.tolist()))]
+        chosen += members
+    return chosen
+
+
+def _timer(fn, args, rounds_s: float = 0.05):
+    """A callable returning one timing (seconds per call) of ``fn(*args)``: enough calls to
+    fill ``rounds_s``, so short convolutions are not lost in the call overhead."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    calls = max(1, int(rounds_s / max(time.perf_counter() - start, 1e-6)))
+
+    def once() -> float:
+        begin = time.perf_counter()
+        for _ in range(calls):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        return (time.perf_counter() - begin) / calls
+
+    return once
+
+
+def _relative_error(got: Any, want: Any) -> float:
+    return max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+               for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+
+
+PASSES = ("forward", "input_grad", "kernel_grad")
+"""The three passes of a convolution in training: the forward pass and the gradients with
+respect to its input and its kernel (each costs the forward's FLOPs). The first layer of a
+network needs no input gradient."""
+
+
+def time_shape(key: ConvKey, batch: int = 32, rounds: int = 3,
+               formulations: Iterable[str] = conv.FORMULATIONS) -> dict[str, Any]:
+    """Seconds of each pass of ``key`` in every formulation that computes it (the best of
+    ``rounds`` interleaved rounds), their GFLOP/s, and their error against XLA's."""
+    s = key.shape(batch)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, key.height, key.width, key.in_channels)),
+                    jnp.float32)
+    w = jnp.asarray(rng.standard_normal((key.kh, key.kw, s.group_in, key.out_channels))
+                    / np.sqrt(s.taps * s.group_in), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((batch, s.out_h, s.out_w, key.out_channels)),
+                    jnp.float32)
+    names = [f for f in formulations if conv.applies(f, s)
+             and not (f == "im2col" and s.taps > 1 and s.patch_bytes > MAX_PATCH_BYTES)]
+    timers, results = {}, {}
+    for name in names:
+        impl = conv.implementation(name)
+        steps = {
+            "forward": (lambda x, w, g, impl=impl: impl(x, w, s)),
+            "input_grad": (lambda x, w, g, impl=impl: jax.vjp(
+                lambda x: impl(x, w, s), x)[1](g)[0]),
+            "kernel_grad": (lambda x, w, g, impl=impl: jax.vjp(
+                lambda w: impl(x, w, s), w)[1](g)[0]),
+        }
+        for pass_, fn in steps.items():
+            jitted = jax.jit(fn)
+            results[(name, pass_)] = jitted(x, w, g)
+            timers[(name, pass_)] = _timer(jitted, (x, w, g))
+    best: dict[tuple[str, str], float] = {}
+    for _ in range(rounds):
+        for which, timer in timers.items():
+            best[which] = min(best.get(which, float("inf")), timer())
+    route = conv.choose(s, "cpu")
+    report = {"class": shape_class(key), "shape": dataclasses.asdict(key), "batch": batch,
+              "gflop": s.flops / 1e9, "auto": dataclasses.asdict(route), "formulations": {}}
+    for name in names:
+        entry = {}
+        for pass_ in PASSES:
+            seconds = best[(name, pass_)]
+            entry[f"{pass_}_ms"] = 1e3 * seconds
+            entry[f"{pass_}_gflops"] = s.flops / seconds / 1e9
+        entry["error"] = max(_relative_error(results[(name, p)], results[("xla", p)])
+                             for p in PASSES)
+        report["formulations"][name] = entry
+    return report
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per class and pass, the FLOP-weighted GFLOP/s of XLA, of the best formulation of each
+    shape and of the one :func:`jaxcnn.conv.choose` picks; XLA's typical throughput."""
+    dense = [r["formulations"]["xla"]["forward_gflops"] for r in rows
+             if r["gflop"] >= 0.1 and not r["class"].startswith(("grouped", "depthwise"))]
+    typical = statistics.median(dense) if dense else None
+    classes: dict[str, dict[str, Any]] = {}
+    for cls in sorted({r["class"] for r in rows}):
+        members = [r for r in rows if r["class"] == cls]
+        work = sum(r["gflop"] for r in members)
+        entry: dict[str, Any] = {"shapes": len(members)}
+        for pass_ in PASSES:
+            def rate(pick, pass_=pass_) -> float:
+                return work / sum(pick(r)[f"{pass_}_ms"] / 1e3 for r in members)
+
+            entry[f"{pass_}_xla"] = rate(lambda r: r["formulations"]["xla"])
+            entry[f"{pass_}_auto"] = rate(lambda r, p=pass_: r["formulations"][r["auto"][p]])
+            entry[f"{pass_}_best"] = rate(lambda r, p=pass_: min(
+                r["formulations"].values(), key=lambda f: f[f"{p}_ms"]))
+            entry[f"{pass_}_fastest"] = collections.Counter(
+                min(r["formulations"], key=lambda f, r=r, p=pass_: r["formulations"][f][f"{p}_ms"])
+                for r in members).most_common()
+        entry["slow"] = typical is not None and not cls.startswith("depthwise") and min(
+            entry[f"{p}_xla"] for p in PASSES) < typical / 2
+        classes[cls] = entry
+    return {"typical_xla_forward_gflops": typical, "classes": classes}
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The per-class summary as a Markdown table: GFLOP/s of XLA -> auto (best) per pass."""
+    typical = summary["typical_xla_forward_gflops"]
+    typical = "unknown (no dense convolution of 0.1 GFLOP timed)" if typical is None else \
+        f"{typical:.1f} GFLOP/s (median, dense convolutions >= 0.1 GFLOP)"
+    lines = [f"XLA's typical forward throughput: {typical}. GFLOP/s per pass: XLA -> "
+             "jaxcnn.conv's choice (best formulation).", "",
+             "| class | shapes | forward | input grad | kernel grad | fastest (fwd / dx / dw) |",
+             "|---|---:|---:|---:|---:|---|"]
+    for cls, e in summary["classes"].items():
+        flag = " **slow**" if e["slow"] else ""
+        cells = [f"{e[f'{p}_xla']:.1f} -> {e[f'{p}_auto']:.1f} ({e[f'{p}_best']:.1f})"
+                 for p in PASSES]
+        fastest = " / ".join(",".join(f"{n}:{c}" for n, c in e[f"{p}_fastest"]) for p in PASSES)
+        lines.append(f"| {cls}{flag} | {e['shapes']} | " + " | ".join(cells) + f" | {fastest} |")
+    return "\n".join(lines)
+
+
+def _write(path: str, report: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.convbench",
+        description="Time every convolution shape class of the zoo in each formulation of "
+                    "jaxcnn.conv (GFLOP/s forward and backward, batch 32, float32).")
+    parser.add_argument("--arch", nargs="*", default=["*"],
+                        help="networks (shell wildcards; default: all registered)")
+    parser.add_argument("--sizes", nargs="*", type=int, default=list(DEFAULT_SIZES),
+                        help="image sizes of the ImageNet networks (default: 32 64 224)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--per-class", type=int, default=3,
+                        help="shapes timed per class, spread over its FLOPs (0: all)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved timing rounds; the best is kept (default: 3)")
+    parser.add_argument("--class", dest="only", nargs="*",
+                        help="time only classes containing one of these words")
+    parser.add_argument("--output", help="write every measurement and the summary as JSON "
+                                         "(after each shape)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the shapes and timings already in --output")
+    args = parser.parse_args(argv)
+
+    names = sorted({n for pattern in args.arch for n in jaxcnn.list_models(pattern)})
+    if not names:
+        print(f"error: no network matches {' '.join(args.arch)}; see jaxcnn.list_models().",
+              file=sys.stderr)
+        return 2
+    from tqdm import tqdm
+
+    # A run that stops (or is stopped) keeps what it measured: --resume reads the shapes and
+    # the timings back from --output and times only what is missing.
+    previous = {}
+    if args.resume and args.output and os.path.exists(args.output):
+        with open(args.output) as f:
+            previous = json.load(f)
+    if previous.get("collected"):
+        found = {ConvKey.from_dict(k): nets for k, nets in previous["collected"]}
+    else:
+        found = collect(tqdm(names, desc="collecting shapes", leave=False), args.sizes,
+                        args.batch_size)
+    keys = sample(found, args.per_class, args.batch_size)
+    if args.only:
+        keys = [k for k in keys if any(word in shape_class(k) for word in args.only)]
+    done = {json.dumps(r["shape"], sort_keys=True): r for r in previous.get("shapes", [])}
+    report = {"jax": jax.__version__, "backend": jax.default_backend(),
+              "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
+              "batch": args.batch_size, "sizes": args.sizes,
+              "collected": [[dataclasses.asdict(k), nets] for k, nets in found.items()]}
+    rows = []
+    for key in tqdm(keys, desc="timing shapes"):
+        row = done.get(json.dumps(dataclasses.asdict(key), sort_keys=True))
+        if row is None:
+            row = time_shape(key, args.batch_size, args.rounds)
+            row["networks"] = sorted(set(found[key]))
+        rows.append(row)
+        if args.output:
+            _write(args.output, {**report, "shapes": rows})
+    summary = summarise(rows)
+    print(format_table(summary))
+    if args.output:
+        _write(args.output, {**report, "summary": summary, "shapes": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

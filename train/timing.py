@@ -1,0 +1,73 @@
+"""Timing steps of several frameworks fairly in one process.
+
+A :class:`Runner` is one compiled step of one framework. :func:`time_interleaved` times all the
+runners of a comparison window by window in turn (jaxcnn's window, then PyTorch's, then
+jaxcnn's again ...), so a machine that gets busier or quieter during the run slows every side
+alike and their ratio holds; each side's figure is the median over its windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import resource
+import statistics
+import time
+from typing import Any, Callable, Mapping
+
+
+@dataclasses.dataclass
+class Runner:
+    """One step of one framework: ``step()`` runs it (asynchronously where the framework
+    does), ``sync(out)`` waits until ``out`` is computed, ``enter()`` runs before each timed
+    window (a torch network switching between train and eval mode); ``compile_s`` is what the
+    first call took."""
+
+    step: Callable[[], Any]
+    sync: Callable[[Any], None]
+    compile_s: float
+    enter: Callable[[], Any] = lambda: None
+
+
+def time_interleaved(runners: Mapping[str, Runner], *, steps: int, windows: int,
+                     batch_size: int, warmup: int = 2) -> dict[str, dict[str, Any]]:
+    """images/s and ms per step of each runner: the median over ``windows`` windows of
+    ``steps // windows`` steps, the runners' windows taken in turn."""
+    per_window = max(1, steps // windows)
+    for runner in runners.values():
+        runner.enter()
+        out = None
+        for _ in range(warmup):
+            out = runner.step()
+        runner.sync(out)
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(windows):
+        for name, runner in runners.items():
+            runner.enter()
+            start = time.perf_counter()
+            out = None
+            for _ in range(per_window):
+                out = runner.step()
+            runner.sync(out)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: {
+        "images_per_sec": statistics.median(per_window * batch_size / s for s in spent),
+        "step_ms": statistics.median(1000 * s / per_window for s in spent),
+        "windows_images_per_sec": [per_window * batch_size / s for s in spent],
+        "steps_per_window": per_window,
+        "compile_s": runners[name].compile_s,
+    } for name, spent in seconds.items()}
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if platform.system() == "Darwin" else rss * 1024)
