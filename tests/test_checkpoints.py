@@ -232,6 +232,7 @@ def test_a_signal_saves_the_last_step_and_stops(tmp_path, capsys, signum, in_des
     # step it has made before making the next (previously: SIGTERM saved nothing, and Ctrl-C
     # inside a destructor was swallowed, so the run went on to the end).
     workdir = tmp_path / "run"
+    before = signal.getsignal(signal.SIGINT)  # (pytest-xdist's workers ignore SIGINT)
     with pytest.raises(guard_lib.Stopped) as err:
         train_lib.train_and_evaluate(toy_config(workdir, epochs=2),
                                      data=_SignalledData(3, signum, in_destructor),
@@ -243,7 +244,7 @@ def test_a_signal_saves_the_last_step_and_stops(tmp_path, capsys, signum, in_des
     assert 1 <= step <= 3
     ckpts = Checkpoints(str(workdir / "checkpoints"), read_only=True)
     assert ckpts.all_steps() == [step]  # that step, and no further training
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     # That checkpoint carries no eval metrics: --best refuses rather than silently evaluating
     # the latest one.
     with pytest.raises(CheckpointError, match=rf"none is the best.*--step {step}"):

@@ -64,7 +64,7 @@ def test_transfer_refuses_another_architecture():
 
 
 @pytest.mark.parity
-def test_convert_command_writes_a_checkpoint_the_library_loads(tmp_path):
+def test_convert_command_writes_a_checkpoint_the_library_loads(tmp_path, capsys):
     """torchvision state dict -> safetensors -> python -m jaxcnn.convert -> Orbax -> variables."""
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
@@ -81,5 +81,9 @@ def test_convert_command_writes_a_checkpoint_the_library_loads(tmp_path):
         expected = ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
     got = jaxcnn.create_model("squeezenet1_1").apply(variables, x, train=False)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
-    with pytest.raises(FileExistsError, match="--out"):
-        convert.main([str(src), "--arch", "squeezenet1_1", "--out", str(tmp_path / "ckpt")])
+    # A second conversion to the same --out is one line and exit status 2, the first kept.
+    capsys.readouterr()
+    assert convert.main([str(src), "--arch", "squeezenet1_1", "--out", str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exists; choose a new --out" in err
+    assert convert.load_converted(tmp_path / "ckpt")[1]["arch"] == "squeezenet1_1"
