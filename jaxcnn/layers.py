@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcnn.conv import Conv  # noqa: F401  (every family builds its convolutions with it)
 
@@ -216,7 +217,7 @@ def avg_pool(
     """
     _, pads = _pool_geometry(x, window, stride, padding, ceil_mode)
     summed = jax.lax.reduce_window(
-        x, jnp.array(0, x.dtype), jax.lax.add, (1, window, window, 1), (1, stride, stride, 1),
+        x, np.zeros((), x.dtype), jax.lax.add, (1, window, window, 1), (1, stride, stride, 1),
         [(0, 0), *pads, (0, 0)],
     )
     ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
@@ -226,7 +227,7 @@ def avg_pool(
                        constant_values=1)
         pads = [(0, p[1] - padding) for p in pads]
     counts = jax.lax.reduce_window(
-        ones, jnp.array(0, x.dtype), jax.lax.add, (1, window, window, 1), (1, stride, stride, 1),
+        ones, np.zeros((), x.dtype), jax.lax.add, (1, window, window, 1), (1, stride, stride, 1),
         [(0, 0), *pads, (0, 0)],
     )
     return summed / counts

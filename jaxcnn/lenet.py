@@ -133,7 +133,7 @@ class TrainableSubsampling(nn.Module):
         coefficient = self.param("coefficient", _uniform_by_fan_in(4), (maps,))
         bias = self.param("bias", nn.initializers.zeros, (maps,))
         summed = jax.lax.reduce_window(
-            x, jnp.array(0, x.dtype), jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+            x, np.zeros((), x.dtype), jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
         )
         return summed * coefficient.astype(self.dtype) + bias.astype(self.dtype)
 

@@ -87,3 +87,21 @@ def test_squeeze_excite_gates_channels():
     assert np.allclose(ratio, ratio[:, :1, :1, :], atol=1e-5)
     assert np.all((ratio > 0) & (ratio < 1))
     assert sum(p.size for p in jax.tree_util.tree_leaves(variables)) == 8 * 2 + 2 + 2 * 8 + 8
+
+
+@pytest.mark.parametrize("include", [True, False])
+def test_average_pooling_differentiates_under_jit(include):
+    """d sum(avg_pool(x)) / dx, 3x3 windows, stride 1, padding 1, on a 4x4 map, by hand: each
+    pixel gets 1 / (cells the window divides by) from every window that covers it; the window
+    of output (a, b) holds rows(a) x rows(b) cells of the map (2 at the borders, else 3), or
+    9 cells when the padding counts."""
+    x = jnp.ones((1, 4, 4, 1))
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(
+        layers.avg_pool(x, 3, 1, 1, count_include_pad=include))))(x)[0, :, :, 0]
+    rows = [2, 3, 3, 2]
+    want = np.zeros((4, 4))
+    for a in range(4):
+        for b in range(4):
+            cells = 9 if include else rows[a] * rows[b]
+            want[max(a - 1, 0):a + 2, max(b - 1, 0):b + 2] += 1 / cells
+    np.testing.assert_allclose(grad, want, rtol=1e-6)

@@ -88,6 +88,26 @@ def test_shapes_in_train_and_eval_mode(name):
         assert structure(updates["batch_stats"]) == structure(variables["batch_stats"])
 
 
+@pytest.mark.parametrize("name", _cases(ALL))
+def test_the_train_step_differentiates_under_jit(name):
+    """Every layer has a reverse-mode derivative inside jit, as the train step needs (average
+    pooling once built a reduce_window whose init value was traced: it ran, and its gradient
+    failed under jit only, so every network with an average pool could not train)."""
+    model = jaxcnn.create_model(name, num_classes=NUM_CLASSES)
+    x = jax.ShapeDtypeStruct(_small_input(name).shape, jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(_rngs(), x, train=False), x)
+
+    def loss(params, rest, x):
+        logits, _ = model.apply({**rest, "params": params}, x, train=True,
+                                rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
+        return jnp.sum(logits)
+
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    grads = jax.eval_shape(jax.jit(jax.grad(loss)), variables["params"], rest, x)
+    structure = jax.tree_util.tree_structure
+    assert structure(grads) == structure(variables["params"])
+
+
 @pytest.mark.parametrize("name", _cases(EXECUTED))
 def test_runs_in_train_and_eval_mode(name):
     model = jaxcnn.create_model(name, num_classes=NUM_CLASSES)
