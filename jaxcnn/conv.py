@@ -211,35 +211,56 @@ class Route:
 XLA = Route()
 
 
-SMALL_MAP = 4
-"""Output maps of at most this many pixels (2x2) are where XLA's dense convolution collapses
-(a padded 3x3 over a 2x2 map: about a hundredth of its usual throughput)."""
-
-MAX_PATCH_BYTES = 64 << 20
+MAX_PATCH_BYTES = 256 << 20
 """im2col's patches are kept below this size (they hold each input pixel once per tap)."""
+
+SMALL_STRIDED_MAP = 16 * 16
+"""Strided convolutions onto output maps of at most this many pixels go through im2col: its
+patches are then small (about taps / stride^2 times the input) and XLA's strided convolution
+runs at a third to a half of its usual throughput there, its input gradient at 1/300 on some."""
 
 
 def choose(s: Shape, backend: str) -> Route:
     """The formulation of each pass of ``s`` on ``backend``: XLA's convolution except where
-    its CPU convolution is slow (measured by ``python -m train.convbench``; see the README):
+    its CPU convolution is slow. Each rule comes from a quiet survey of every convolution
+    shape class of the zoo (``python -m train.convbench``; docs/conv_cpu.md has the figures):
 
-    * depthwise convolutions, every pass: XLA runs them at a few percent of the elementwise
-      formulation's speed, and its kernel gradient at a fraction of a percent;
-    * other grouped convolutions: XLA's kernel gradient (a batch-grouped convolution) and
-      its input gradient; the forward pass too when there are only a few groups;
-    * dense convolutions with a spatial kernel onto small maps (:data:`SMALL_MAP`), every
-      pass.
+    * depthwise convolutions, every pass: the elementwise sum of shifted slices (XLA runs
+      them at a few percent of its speed, the kernel gradient at a fraction of a percent);
+    * other grouped convolutions, every pass: im2col, one batched product for all groups
+      (XLA's kernel gradient, a batch-grouped convolution, runs below 1 GFLOP/s); where the
+      patches would be too large, the shifted sum for the gradients and XLA forward;
+    * 1x1 convolutions, every pass: one matrix product (XLA's kernel gradient runs at 15-41 %
+      of the product's speed, its forward pass and input gradient at 30-90 %);
+    * a kernel that covers its output map and overhangs it (a padded 3x3 onto 2x2 or 1x1,
+      a 5x5 onto 4x4, Inception's 1x7 onto 1x1; not a 1x7 onto 3x3), every pass: im2col
+      (XLA: 1-10 GFLOP/s instead of 200);
+    * strided convolutions onto small maps (:data:`SMALL_STRIDED_MAP`) but for the stems,
+      every pass: im2col.
+
+    Two rules that won on single convolutions lost in whole networks and are not taken: the
+    shifted sum for the kernel gradient of 3x3 convolutions on maps of 17 px and more (1.6-2.3x
+    faster alone; VGG-16's train step at 64 px 0.63x with it) and for the forward pass of
+    grey-level stems (2-5x alone; LeNet-5 0.85x train, 0.69x inference with it).
+
+    Everything else (the stems with 1-4 input channels, 3x3 and larger kernels at stride 1)
+    stays with XLA.
     """
     if backend != "cpu":
         return XLA
-    if s.depthwise and s.out_channels == s.in_channels:
+    if s.depthwise:
         return Route.all("shifted")
     fits = s.patch_bytes <= MAX_PATCH_BYTES
     if s.groups > 1:
-        if not fits:
-            return Route("xla", "xla", "im2col")
-        return Route("im2col" if s.groups <= 4 else "xla", "im2col", "im2col")
-    if s.taps > 1 and s.out_h * s.out_w <= SMALL_MAP and fits:
+        return Route.all("im2col") if fits else Route("xla", "shifted", "shifted")
+    if s.taps == 1:
+        return Route.all("im2col")
+    covers = s.kh >= s.out_h and s.kw >= s.out_w
+    if fits and covers and (s.kh > s.out_h or s.kw > s.out_w):
+        return Route.all("im2col")
+    if s.in_channels <= 4:  # a stem: XLA is the fastest on its few input channels
+        return XLA
+    if fits and max(s.strides) > 1 and s.out_h * s.out_w <= SMALL_STRIDED_MAP:
         return Route.all("im2col")
     return XLA
 

@@ -2,10 +2,12 @@
 
 One small case per shape class of the zoo (tests/ sizes, not the benchmark's): the padded 3x3 on
 2x2 and 1x1 maps, strided 3x3 on odd and even maps, 1x1 plain and strided, the 7x7 stem with
-3 input channels, Inception's 1x7/7x1, AlexNet's 11x11 stride 4, grouped and depthwise
-convolutions with symmetric and Keras' asymmetric padding.
+3 input channels, LeNet's grey 5x5 stem, a 5x5 onto a 4x4 map, Inception's 1x7/7x1, AlexNet's
+11x11 stride 4, grouped and depthwise convolutions with symmetric and Keras' asymmetric
+padding.
 """
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -26,6 +28,8 @@ CASES = {
     "1x1": ((2, 5, 5, 6), (1, 1, 6, 7), (1, 1), "VALID", 1),
     "1x1 s2": ((2, 6, 6, 6), (1, 1, 6, 7), (2, 2), ((0, 0), (0, 0)), 1),
     "7x7 s2 stem": ((2, 17, 17, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3)), 1),
+    "5x5 grey stem": ((2, 12, 12, 1), (5, 5, 1, 6), (1, 1), "VALID", 1),
+    "5x5 onto 4x4": ((2, 4, 4, 4), (5, 5, 4, 6), (1, 1), ((2, 2), (2, 2)), 1),
     "1x7": ((2, 6, 6, 4), (1, 7, 4, 5), (1, 1), ((0, 0), (3, 3)), 1),
     "7x1": ((2, 6, 6, 4), (7, 1, 4, 5), (1, 1), ((3, 3), (0, 0)), 1),
     "11x11 s4": ((1, 23, 23, 3), (11, 11, 3, 4), (4, 4), ((2, 2), (2, 2)), 1),
@@ -94,6 +98,51 @@ def test_the_routed_entry_point_equals_lax_on_this_backend(case):
 def test_accelerators_keep_xla_convolution():
     shape = conv.Shape((32, 2, 2, 512), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), 1)
     assert conv.choose(shape, "gpu") == conv.choose(shape, "tpu") == conv.XLA
+
+
+# The slowest passes of XLA's CPU convolution found by the quiet survey (docs/conv_cpu.md,
+# GFLOP/s at batch 32: XLA -> the routed formulation), each with the route that avoids it.
+SLOW_ON_CPU = {
+    # ResNet-50 at 64 px, the last stage's strided 3x3: input gradient 0.7 -> 307.
+    "3x3 s2 onto 2x2": ((32, 4, 4, 1024), (3, 3, 1024, 2048), (2, 2), ((1, 1), (1, 1)), 1,
+                        conv.Route.all("im2col")),
+    # GoogLeNet at 64 px, 5x5 onto 4x4: forward 7.9 -> 132.
+    "5x5 onto 4x4": ((32, 4, 4, 32), (5, 5, 32, 128), (1, 1), ((2, 2), (2, 2)), 1,
+                     conv.Route.all("im2col")),
+    # ResNet-50's 1x1 expansion at 224 px: kernel gradient 18 -> 121.
+    "1x1 on 56x56": ((32, 56, 56, 256), (1, 1, 256, 512), (1, 1), "VALID", 1,
+                     conv.Route.all("im2col")),
+    # ResNeXt-50's grouped 3x3 at 64 px: kernel gradient 0.6 -> 102.
+    "grouped 3x3 on 2x2": ((32, 2, 2, 2048), (3, 3, 64, 2048), (1, 1), ((1, 1), (1, 1)), 32,
+                           conv.Route.all("im2col")),
+    # MobileNetV2's depthwise 3x3: every pass 10-100x.
+    "depthwise 3x3": ((32, 16, 16, 96), (3, 3, 1, 96), (1, 1), ((1, 1), (1, 1)), 96,
+                      conv.Route.all("shifted")),
+    # What stays with XLA: ResNet's 7x7 stem, 3x3 convolutions at stride 1 (VGG-16's at 224
+    # px: its kernel gradient is 2.3x faster shifted alone, but the network's train step at
+    # 64 px ran at 0.63x with that route), Inception's 1x7 onto 3x3 (XLA 216, im2col 174).
+    "3x3 on 56x56": ((32, 56, 56, 256), (3, 3, 256, 256), (1, 1), ((1, 1), (1, 1)), 1,
+                     conv.XLA),
+    "1x7 onto 3x3": ((32, 3, 3, 192), (1, 7, 192, 192), (1, 1), ((0, 0), (3, 3)), 1,
+                     conv.XLA),
+    "7x7 colour stem": ((32, 224, 224, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3)), 1,
+                        conv.XLA),
+    "3x3 on 8x8": ((32, 8, 8, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), 1, conv.XLA),
+}
+
+
+@pytest.mark.parametrize("case", SLOW_ON_CPU.values(), ids=list(SLOW_ON_CPU))
+def test_the_cpu_routes_avoid_the_slow_passes_the_survey_found(case):
+    lhs, rhs, strides, padding, groups, want = case
+    s = conv.Shape(lhs, rhs, strides, conv.explicit_pads(padding, lhs, rhs, strides), groups)
+    assert conv.choose(s, "cpu") == want
+
+
+def test_im2col_patches_stay_bounded():
+    """Where the patches would pass MAX_PATCH_BYTES, no pass builds them."""
+    s = conv.Shape((256, 27, 27, 96), (5, 5, 48, 256), (1, 1), ((2, 2), (2, 2)), 2)
+    assert s.patch_bytes > conv.MAX_PATCH_BYTES
+    assert "im2col" not in dataclasses.astuple(conv.choose(s, "cpu"))
 
 
 @pytest.mark.parametrize("route", [conv.Route("xla", "im2col", "xla"),

@@ -20,3 +20,8 @@ def test_a_timed_shape_reports_every_formulation_and_a_summary_without_typical_s
     assert all(f["error"] < 1e-5 for f in row["formulations"].values())
     table = convbench.format_table(convbench.summarise([row]))
     assert "3x3 3-4 s1 pad" in table and "unknown" in table  # 0.0001 GFLOP: no typical figure
+
+
+def test_summary_only_without_a_survey_says_what_to_run(tmp_path, capsys):
+    assert convbench.main(["--summary-only", "--output", str(tmp_path / "none.json")]) == 2
+    assert "run the survey with --output first" in capsys.readouterr().err

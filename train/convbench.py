@@ -215,9 +215,18 @@ def time_shape(key: ConvKey, batch: int = 32, rounds: int = 3,
     return report
 
 
+def _auto(row: dict[str, Any], pass_: str) -> str:
+    """The formulation :func:`jaxcnn.conv.choose` picks today for this pass of the row's
+    shape (XLA's where the survey did not time it: patches too large to try)."""
+    key = ConvKey.from_dict(row["shape"])
+    name = getattr(conv.choose(key.shape(row["batch"]), "cpu"), pass_)
+    return name if name in row["formulations"] else "xla"
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per class and pass, the FLOP-weighted GFLOP/s of XLA, of the best formulation of each
-    shape and of the one :func:`jaxcnn.conv.choose` picks; XLA's typical throughput."""
+    shape and of the one :func:`jaxcnn.conv.choose` picks today (so a survey's figures show
+    a change of the routing without timing again); XLA's typical throughput."""
     dense = [r["formulations"]["xla"]["forward_gflops"] for r in rows
              if r["gflop"] >= 0.1 and not r["class"].startswith(("grouped", "depthwise"))]
     typical = statistics.median(dense) if dense else None
@@ -231,7 +240,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 return work / sum(pick(r)[f"{pass_}_ms"] / 1e3 for r in members)
 
             entry[f"{pass_}_xla"] = rate(lambda r: r["formulations"]["xla"])
-            entry[f"{pass_}_auto"] = rate(lambda r, p=pass_: r["formulations"][r["auto"][p]])
+            entry[f"{pass_}_auto"] = rate(lambda r, p=pass_: r["formulations"][_auto(r, p)])
             entry[f"{pass_}_best"] = rate(lambda r, p=pass_: min(
                 r["formulations"].values(), key=lambda f: f[f"{p}_ms"]))
             entry[f"{pass_}_fastest"] = collections.Counter(
@@ -239,6 +248,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 for r in members).most_common()
         entry["slow"] = typical is not None and not cls.startswith("depthwise") and min(
             entry[f"{p}_xla"] for p in PASSES) < typical / 2
+        entry["slow_routed"] = typical is not None and not cls.startswith("depthwise") and min(
+            entry[f"{p}_auto"] for p in PASSES) < typical / 2
         classes[cls] = entry
     return {"typical_xla_forward_gflops": typical, "classes": classes}
 
@@ -253,7 +264,8 @@ def format_table(summary: dict[str, Any]) -> str:
              "| class | shapes | forward | input grad | kernel grad | fastest (fwd / dx / dw) |",
              "|---|---:|---:|---:|---:|---|"]
     for cls, e in summary["classes"].items():
-        flag = " **slow**" if e["slow"] else ""
+        flag = (" **slow**" if e["slow"] else "") + (" (still, routed)"
+                                                     if e.get("slow_routed") else "")
         cells = [f"{e[f'{p}_xla']:.1f} -> {e[f'{p}_auto']:.1f} ({e[f'{p}_best']:.1f})"
                  for p in PASSES]
         fastest = " / ".join(",".join(f"{n}:{c}" for n, c in e[f"{p}_fastest"]) for p in PASSES)
@@ -288,7 +300,18 @@ def main(argv: list[str] | None = None) -> int:
                                          "(after each shape)")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the shapes and timings already in --output")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="time nothing: summarise the shapes already in --output with "
+                             "today's routing")
     args = parser.parse_args(argv)
+    if args.summary_only:
+        if not (args.output and os.path.exists(args.output)):
+            print(f"error: --summary-only reads the survey in --output; {args.output!r} "
+                  "does not exist (run the survey with --output first).", file=sys.stderr)
+            return 2
+        with open(args.output) as f:
+            print(format_table(summarise(json.load(f)["shapes"])))
+        return 0
 
     names = sorted({n for pattern in args.arch for n in jaxcnn.list_models(pattern)})
     if not names:
