@@ -91,3 +91,20 @@ def test_input_pipeline_throughput_is_reported():
     assert result["images_per_sec"] > 0 and result["image_size"] == 224
     assert result["images_per_sec_per_core"] == pytest.approx(
         result["images_per_sec"] / result["cores"])
+
+
+def test_a_sweep_row_that_fails_keeps_the_others(monkeypatch):
+    """A failure inside one row (a bug, not a user error) is recorded with its type; the
+    rows after it still run."""
+    from train import bench
+
+    def run(arch, image_size, **kwargs):
+        if arch == "broken":
+            raise ValueError("Linearization failed")
+        return {"arch": arch, "image_size": image_size}
+
+    monkeypatch.setattr(bench, "run_benchmark", run)
+    reports = bench.sweep([("lenet5", 32), ("broken", 64), ("resnet18", 64)])
+    assert reports[1] == {"arch": "broken", "image_size": 64,
+                          "error": "ValueError: Linearization failed"}
+    assert reports[2] == {"arch": "resnet18", "image_size": 64}

@@ -448,8 +448,10 @@ def sweep(rows: list[tuple[str, int]], *, budget_minutes: float | None = None,
             continue
         try:
             reports.append(run_benchmark(arch, image_size=size, **kwargs))
-        except (train_lib.USER_ERRORS + (LookupError,)) as err:
-            reports.append({"arch": arch, "image_size": size, "error": str(err)})
+        except Exception as err:  # noqa: BLE001  (one failing row must not lose the others)
+            kind = "" if isinstance(err, train_lib.USER_ERRORS + (LookupError,)) else \
+                f"{type(err).__name__}: "
+            reports.append({"arch": arch, "image_size": size, "error": f"{kind}{err}"})
         _release()
     return reports
 
