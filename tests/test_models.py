@@ -88,11 +88,13 @@ def test_shapes_in_train_and_eval_mode(name):
         assert structure(updates["batch_stats"]) == structure(variables["batch_stats"])
 
 
-@pytest.mark.parametrize("name", _cases(ALL))
+@pytest.mark.parametrize("name", _cases(EXECUTED))
 def test_the_train_step_differentiates_under_jit(name):
     """Every layer has a reverse-mode derivative inside jit, as the train step needs (average
     pooling once built a reduce_window whose init value was traced: it ran, and its gradient
-    failed under jit only, so every network with an average pool could not train)."""
+    failed under jit only, so every network with an average pool could not train). The deeper
+    siblings repeat their shallower variant's blocks and are left out (tracing EfficientNet-B7's
+    backward alone takes longer than a dozen small networks)."""
     model = jaxcnn.create_model(name, num_classes=NUM_CLASSES)
     x = jax.ShapeDtypeStruct(_small_input(name).shape, jnp.float32)
     variables = jax.eval_shape(lambda x: model.init(_rngs(), x, train=False), x)
