@@ -200,9 +200,8 @@ def time_shape(key: ConvKey, batch: int = 32, rounds: int = 3,
     for _ in range(rounds):
         for which, timer in timers.items():
             best[which] = min(best.get(which, float("inf")), timer())
-    route = conv.choose(s, "cpu")
     report = {"class": shape_class(key), "shape": dataclasses.asdict(key), "batch": batch,
-              "gflop": s.flops / 1e9, "auto": dataclasses.asdict(route), "formulations": {}}
+              "gflop": s.flops / 1e9, "formulations": {}}
     for name in names:
         entry = {}
         for pass_ in PASSES:
@@ -246,10 +245,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             entry[f"{pass_}_fastest"] = collections.Counter(
                 min(r["formulations"], key=lambda f, r=r, p=pass_: r["formulations"][f][f"{p}_ms"])
                 for r in members).most_common()
-        entry["slow"] = typical is not None and not cls.startswith("depthwise") and min(
-            entry[f"{p}_xla"] for p in PASSES) < typical / 2
-        entry["slow_routed"] = typical is not None and not cls.startswith("depthwise") and min(
-            entry[f"{p}_auto"] for p in PASSES) < typical / 2
+        def below_half(which: str) -> bool:
+            return typical is not None and not cls.startswith("depthwise") and min(
+                entry[f"{p}_{which}"] for p in PASSES) < typical / 2
+
+        entry["slow"], entry["slow_routed"] = below_half("xla"), below_half("auto")
         classes[cls] = entry
     return {"typical_xla_forward_gflops": typical, "classes": classes}
 
