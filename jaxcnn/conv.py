@@ -18,6 +18,10 @@ through it, so the backward pass takes the same route (the patches' product tran
 two matrix products). Every network builds its convolutions with :class:`Conv`, Flax's
 ``nn.Conv`` with this function, so parameter names and trees are Flax's own.
 
+Max pooling has the same weakness on the CPU: XLA differentiates ``reduce_window`` into a
+select-and-scatter that runs 10-20x below the elementwise operations it amounts to, so
+:func:`jaxcnn.layers.max_pool` follows the same switch (:func:`reroutes`).
+
 Other backends (GPU, TPU) keep XLA's convolution. :func:`policy` forces one formulation for
 the code traced inside it (benchmarks compare them in one process), and the environment
 variable ``JAXCNN_CONV=xla`` switches the choice off for a whole process.
@@ -59,6 +63,14 @@ def policy(name: str) -> Iterator[None]:
         yield
     finally:
         _POLICY.reset(token)
+
+
+def reroutes() -> bool:
+    """Whether code traced now leaves XLA's own windowed operations for the formulations of
+    this module: on the CPU under the automatic choice, everywhere under a forced formulation
+    other than ``"xla"``. Max pooling follows it too (:func:`jaxcnn.layers.max_pool`)."""
+    name = _POLICY.get()
+    return name != "xla" and (name != AUTO or jax.default_backend() == "cpu")
 
 
 # ----------------------------------------------------------------------------------------------

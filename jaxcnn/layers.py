@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn import conv
 from jaxcnn.conv import Conv  # noqa: F401  (every family builds its convolutions with it)
 
 Dtype = Any
@@ -178,7 +179,80 @@ def max_pool(
     start entirely in the right/bottom padding is dropped.
     """
     _, pads = _pool_geometry(x, window, stride, padding, ceil_mode)
-    return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
+    if not conv.reroutes():
+        return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
+    return _windowed_max(x, window, stride, tuple(pads))
+
+
+# Max pooling as elementwise operations on the window's strided views (the CPU's formulation,
+# :func:`jaxcnn.conv.reroutes`). XLA differentiates ``reduce_window`` into a select-and-scatter
+# that its CPU backend runs 10-20x slower than this: the forward pass keeps, per output, the
+# tap that won (int8), and the backward pass hands each output's gradient to that tap, one
+# phase of the stride at a time.
+
+
+def _pool_views(x: jax.Array, window: int, stride: int, pads: tuple[tuple[int, int], ...]
+                ) -> list[jax.Array]:
+    """The -inf padded input seen through each tap of the window (row-major), output-sized."""
+    padded = jnp.pad(x, [(0, 0), *pads, (0, 0)], constant_values=-jnp.inf)
+    n, h, w, c = padded.shape
+    oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
+    return [jax.lax.slice(padded, (0, i, j, 0),
+                          (n, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, c),
+                          (1, stride, stride, 1))
+            for i in range(window) for j in range(window)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _windowed_max(x: jax.Array, window: int, stride: int, pads: tuple[tuple[int, int], ...]
+                  ) -> jax.Array:
+    views = _pool_views(x, window, stride, pads)
+    return functools.reduce(jnp.maximum, views)
+
+
+def _windowed_max_fwd(x, window, stride, pads):
+    # PyTorch's rule for the switch: the first maximum in row-major order, or a NaN (which then
+    # is the maximum too, as jnp.maximum propagates it).
+    views = _pool_views(x, window, stride, pads)
+    best, tap = views[0], jnp.zeros(views[0].shape, jnp.int8)
+    for t, view in enumerate(views[1:], 1):
+        wins = (view > best) | jnp.isnan(view)
+        best = jnp.where(wins, view, best)
+        tap = jnp.where(wins, jnp.int8(t), tap)
+    return best, (tap, x.shape)
+
+
+def _windowed_max_bwd(window, stride, pads, residuals, g):
+    tap, shape = residuals
+    n, oh, ow, c = g.shape
+    # Input row stride * a + r (padded coordinates) is tap row i = stride * q + r of output row
+    # a - q: each phase (r, r') of the stride gathers its taps from shifted output-sized views.
+    reach = (window - 1) // stride
+    wide = [(0, 0), (reach, reach), (reach, reach), (0, 0)]
+    g_wide, tap_wide = jnp.pad(g, wide), jnp.pad(tap, wide, constant_values=-1)
+    zero = jnp.zeros((), g.dtype)
+    phases: dict[tuple[int, int], jax.Array] = {}
+    for t in range(window * window):
+        i, j = divmod(t, window)
+        start = (0, reach - i // stride, reach - j // stride, 0)
+        end = (n, start[1] + oh + reach, start[2] + ow + reach, c)
+        part = jnp.where(jax.lax.slice(tap_wide, start, end) == t,
+                         jax.lax.slice(g_wide, start, end), zero)
+        key = (i % stride, j % stride)
+        phases[key] = part + phases[key] if key in phases else part
+    empty = jnp.zeros_like(next(iter(phases.values())))
+    grid = jnp.stack([jnp.stack([phases.get((r, q), empty) for q in range(stride)])
+                      for r in range(stride)])  # (stride, stride, n, rows, cols, c)
+    _, _, _, rows, cols, _ = grid.shape
+    dx = grid.transpose(2, 3, 0, 4, 1, 5).reshape(n, rows * stride, cols * stride, c)
+    (top, bottom), (left, right) = pads
+    height, width = shape[1] + top + bottom, shape[2] + left + right
+    dx = dx[:, :height, :width]
+    dx = jnp.pad(dx, [(0, 0), (0, height - dx.shape[1]), (0, width - dx.shape[2]), (0, 0)])
+    return (dx[:, top:top + shape[1], left:left + shape[2]],)
+
+
+_windowed_max.defvjp(_windowed_max_fwd, _windowed_max_bwd)
 
 
 def _pool_out_size(size: int, window: int, stride: int, padding: int, ceil_mode: bool) -> int:

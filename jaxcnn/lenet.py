@@ -227,9 +227,9 @@ class LeNet5(layers.Classifier):
         after_conv = self.activation if self.conv_activation else (lambda y: y)
         first, second = self.conv_features
         x = after_conv(conv(first, padding=layers.pair_padding(self.padding), name="conv1")(x))
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = layers.max_pool(x, 2, 2)
         x = after_conv(conv(second, padding="VALID", name="conv2")(x))
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = layers.max_pool(x, 2, 2)
         x = x.reshape(x.shape[0], -1)
         for i, features in enumerate(self.hidden_features, 1):
             x = self.activation(nn.Dense(features, dtype=self.dtype, name=f"fc{i}")(x))

@@ -292,7 +292,7 @@ class ResNetV2(layers.Classifier):
                         kernel_init=self.kernel_init, dtype=self.dtype, name="stem")(x)
         # No ReLU before this pool, so Keras' zero padding is not -inf padding.
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = layers.max_pool(x, 3, 2)
         last_stage = len(self.stage_sizes) - 1
         for i, (size, width) in enumerate(zip(self.stage_sizes, STAGE_WIDTHS)):
             for j in range(size):

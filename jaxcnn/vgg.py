@@ -77,7 +77,7 @@ class VGG(layers.Classifier):
                     kernel_init=layers.kaiming_normal_fan_out, dtype=self.dtype,
                     name=f"block{stage}_conv{i}",
                 )(x, train=train)
-            x = nn.max_pool(x, (2, 2), (2, 2))
+            x = layers.max_pool(x, 2, 2)
         x = layers.adaptive_avg_pool(x, 7)
         x = x.reshape(x.shape[0], -1)
 

@@ -60,6 +60,7 @@ sum to 1. Guided Grad-CAM upsamples the map bilinearly, as the paper does (Captu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -72,6 +73,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from jaxcnn import conv
 from jaxcnn.features import layer_outputs, top_level_layer
 from jaxcnn.layers import InputShapeError
 
@@ -230,7 +232,10 @@ def backward_rule(fun: Callable, rule: str, rectifiers: Sequence[str] = RECTIFIE
     interpreter = _Interpreter(rule, tuple(rectifiers), linear)
 
     def modified(*args):
-        closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
+        # The receptive-field evaluation rewrites max pooling, which it must see as XLA's
+        # windowed maximum (not the CPU's formulation of it, a custom gradient).
+        with conv.policy("xla") if linear else contextlib.nullcontext():
+            closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
         outs = interpreter.run(closed.jaxpr, closed.consts, jax.tree.leaves(args))
         return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
 

@@ -1,11 +1,13 @@
 """Shared blocks against independent references (NumPy written here, or PyTorch)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import layers
+from jaxcnn import conv, layers
 
 
 def _lrn_numpy(x, size, alpha, beta, k):
@@ -47,6 +49,17 @@ def test_pooling_matches_pytorch(size, window, stride, padding, ceil_mode):
     ref = F.max_pool2d(xt, window, stride, padding, ceil_mode=ceil_mode).numpy()
     got = layers.max_pool(nhwc, window, stride, padding, ceil_mode=ceil_mode)
     np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), ref, rtol=1e-6)
+    # The gradient goes where PyTorch sends it, ties included (quarter steps make many).
+    tied = np.round(x * 4) / 4
+    cotangent = np.random.default_rng(3).normal(size=ref.shape).astype(np.float32)
+    tied_t = torch.from_numpy(tied).requires_grad_()
+    (F.max_pool2d(tied_t, window, stride, padding, ceil_mode=ceil_mode)
+     * torch.from_numpy(cotangent)).sum().backward()
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(
+        layers.max_pool(v, window, stride, padding, ceil_mode=ceil_mode)
+        * cotangent.transpose(0, 2, 3, 1))))(jnp.asarray(tied.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(np.asarray(grad).transpose(0, 3, 1, 2), tied_t.grad.numpy(),
+                               rtol=1e-6, atol=1e-6)
     for include in (True, False):
         ref = F.avg_pool2d(xt, window, stride, padding, ceil_mode=ceil_mode,
                            count_include_pad=include).numpy()
@@ -105,3 +118,54 @@ def test_average_pooling_differentiates_under_jit(include):
             cells = 9 if include else rows[a] * rows[b]
             want[max(a - 1, 0):a + 2, max(b - 1, 0):b + 2] += 1 / cells
     np.testing.assert_allclose(grad, want, rtol=1e-6)
+
+
+MAX_POOLS = [  # (size, window, stride, padding, ceil_mode): every geometry of the zoo, and odd ones
+    (32, 3, 2, 1, False), (8, 2, 2, 0, False), (13, 3, 2, 0, True), (14, 3, 2, 0, True),
+    (28, 3, 1, 1, True), (15, 3, 3, 0, False), (7, 3, 2, 1, False), (9, 2, 2, 0, True),
+    (6, 4, 1, 0, False), (11, 5, 3, 2, True),
+]
+
+
+@pytest.mark.parametrize("size,window,stride,padding,ceil_mode", MAX_POOLS)
+def test_max_pool_formulation_gives_xla_values_and_gradients(size, window, stride, padding,
+                                                            ceil_mode):
+    """On the CPU max pooling leaves XLA's reduce_window (jaxcnn.conv.reroutes); its values
+    and the cells its gradient reaches (ties included) are XLA's exactly; a cell reached by
+    several windows sums their gradients in another order (float32 rounding)."""
+    x = jnp.round(jax.random.normal(jax.random.key(0), (2, size, size + 1, 3)) * 4) / 4
+    pool = functools.partial(layers.max_pool, window=window, stride=stride, padding=padding,
+                             ceil_mode=ceil_mode)
+    cotangent = jax.random.normal(jax.random.key(1), jax.eval_shape(pool, x).shape)
+
+    def value_and_grad():
+        return jax.jit(jax.value_and_grad(lambda v: jnp.sum(pool(v) * cotangent)))(x), \
+            jax.jit(pool)(x)
+
+    assert conv.reroutes() == (jax.default_backend() == "cpu")
+    ours = value_and_grad()
+    with conv.policy("xla"):
+        assert not conv.reroutes()
+        xla = value_and_grad()
+    (loss, grad), pooled = ours
+    (xla_loss, xla_grad), xla_pooled = xla
+    np.testing.assert_array_equal(pooled, xla_pooled)
+    np.testing.assert_array_equal(grad != 0, xla_grad != 0)
+    np.testing.assert_allclose(grad, xla_grad, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(loss, xla_loss, rtol=1e-6)
+
+
+def test_max_pool_ties_send_the_gradient_to_the_first_maximum():
+    """A constant map: every window ties, and its gradient goes to the window's top-left cell
+    (PyTorch's rule, row-major first): 3x3 windows at stride 2 on 5x5 start at rows and
+    columns 0 and 2."""
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(layers.max_pool(v, 3, 2))))(jnp.zeros((1, 5, 5, 1)))
+    want = np.zeros((5, 5))
+    want[np.ix_([0, 2], [0, 2])] = 1
+    np.testing.assert_array_equal(grad[0, :, :, 0], want)
+
+
+def test_max_pool_propagates_nan():
+    x = jnp.zeros((1, 4, 4, 1)).at[0, 1, 1, 0].set(jnp.nan)
+    out = np.asarray(jax.jit(lambda v: layers.max_pool(v, 2, 2))(x))[0, :, :, 0]
+    assert np.isnan(out).tolist() == [[True, False], [False, False]]
