@@ -372,8 +372,9 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
                   f"{first.get('backend')} ({first.get('device')}, "
                   f"{usable_cores()} cores, {platform.machine()}), "
                   f"jax {first.get('jax')}; ratio = jaxcnn / the column before it (above 1: "
-                  f"jaxcnn faster)" + ("; 'xla conv': jaxcnn with XLA's convolution "
-                                       "everywhere (JAXCNN_CONV=xla)" if policies else "")
+                  f"jaxcnn faster)" + ("; 'xla conv': jaxcnn with XLA's convolution and "
+                                       "max pooling everywhere (JAXCNN_CONV=xla)"
+                                       if policies else "")
                   + "."]
     errors = {f"{r['arch']} torch {m}: {side['error']}" for r in reports
               for m, side in r.get("torch", {}).items() if "error" in side}
@@ -494,8 +495,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="PyTorch eager and/or torch.compile (default: both)")
     parser.add_argument("--conv-policies", nargs="+", default=[], choices=FORMULATIONS,
                         help="also time our steps with these jaxcnn.conv formulations forced "
-                             "(xla: XLA's convolution everywhere, i.e. jaxcnn before its "
-                             "routing), in the same run")
+                             "(xla: XLA's convolution and max pooling everywhere, i.e. "
+                             "jaxcnn before its routing), in the same run")
     parser.add_argument("--input-pipeline", action="store_true",
                         help="also time the TFDS input pipeline at 224 px (images/s per core)")
     parser.add_argument("--suite", choices=("gpu",),
