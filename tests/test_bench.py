@@ -108,3 +108,17 @@ def test_a_sweep_row_that_fails_keeps_the_others(monkeypatch):
     assert reports[1] == {"arch": "broken", "image_size": 64,
                           "error": "ValueError: Linearization failed"}
     assert reports[2] == {"arch": "resnet18", "image_size": 64}
+
+
+def test_aux_heads_are_left_out_below_the_size_they_need(capsys):
+    """Inception v3 runs from 75 px, its recipe's aux head only from 299 (torchvision's rule):
+    below it the benchmark times the network without the head, and says so."""
+    from train.configs.default import Config
+
+    config = Config(arch="inception_v3", dataset="synthetic", aux_weight=0.4, dtype="float32",
+                    num_classes=1000)
+    assert bench.fit_aux_heads(config, 299).aux_weight == 0.4
+    assert bench.fit_aux_heads(config, 75).aux_weight == 0.0
+    assert "need 299x299 px" in capsys.readouterr().err
+    plain = Config(arch="inception_v3", dataset="synthetic", aux_weight=0.0)
+    assert bench.fit_aux_heads(plain, 75) is plain

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -91,6 +92,23 @@ def _compiled_memory_gib(compiled: Any) -> float | None:
     return round(need / 2**30, 3)
 
 
+def fit_aux_heads(config: Config, size: int) -> Config:
+    """``config`` without its recipe's auxiliary classifiers when they cannot run at ``size``
+    (Inception v3's needs 299 px, the network itself 75): the benchmark times the network at
+    the size asked for, and says so on stderr."""
+    from train.train import build_model
+
+    if not config.aux_weight:
+        return config
+    needs = getattr(build_model(config), "min_size", 0)
+    if needs <= size:
+        return config
+    print(f"{config.arch}: timing without the auxiliary classifiers (--aux-weight "
+          f"{config.aux_weight}), which need {needs}x{needs} px; pass --image-size {needs} to "
+          f"include them", file=sys.stderr)
+    return config.replace(aux_weight=0.0)
+
+
 def prepare(arch: str, *, batch_size: int, image_size: int | None = None, dtype: str = "auto",
             num_classes: int = 1000, optimizer: str | None = None, parallel: str = "jit",
             inference: bool = True, **config_fields: Any
@@ -119,6 +137,7 @@ def prepare(arch: str, *, batch_size: int, image_size: int | None = None, dtype:
                     batch_size=batch_size, num_classes=num_classes, optimizer=optimizer,
                     parallel=parallel, epochs=1, progress=False, **config_fields)
     plan = resolve_config(config, info)
+    plan = dataclasses.replace(plan, config=fit_aux_heads(plan.config, size))
     c = plan.config
     par = make_parallel(c.parallel)
     setup = train_lib.build(plan, par)
