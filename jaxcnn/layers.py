@@ -486,13 +486,8 @@ def max_pool_with_switches(
     stride = window if stride is None else stride
     width = x.shape[2]
     (oh, ow), pads = _pool_geometry(x, window, stride, padding, ceil_mode)
-    padded = jnp.pad(x, [(0, 0), *pads, (0, 0)], constant_values=-jnp.inf)
     # One strided view per window offset: taps[..., a * window + b] is the input at offset (a, b).
-    taps = jnp.stack(
-        [padded[:, a:a + (oh - 1) * stride + 1:stride, b:b + (ow - 1) * stride + 1:stride]
-         for a in range(window) for b in range(window)],
-        axis=-1,
-    )
+    taps = jnp.stack(_pool_views(x, window, stride, tuple(pads)), axis=-1)
     best = jnp.argmax(taps, axis=-1)
     # Gathering (not jnp.max) sends the gradient to the switch only, as PyTorch does on ties.
     pooled = jnp.take_along_axis(taps, best[..., None], axis=-1)[..., 0]
