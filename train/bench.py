@@ -122,6 +122,7 @@ def prepare(arch: str, *, batch_size: int, image_size: int | None = None, dtype:
     import numpy as np
 
     import jaxcnn
+    from jaxcnn import allocator
     from train import train as train_lib
     from train.parallel import make_parallel
     from train.plan import resolve_config
@@ -156,7 +157,7 @@ def prepare(arch: str, *, batch_size: int, image_size: int | None = None, dtype:
         "num_classes": num_classes, "dtype": c.dtype, "optimizer": c.optimizer,
         "parallel": c.parallel, "params": params, "backend": jax.default_backend(),
         "device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
-        "jax": jax.__version__,
+        "jax": jax.__version__, "malloc": "kept" if allocator.kept else "glibc default",
     }
 
     step_fn = setup.train_step
@@ -390,7 +391,7 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
     lines += ["", f"images/s, batch {first.get('batch_size')}, {first.get('dtype')}, "
                   f"{first.get('backend')} ({first.get('device')}, "
                   f"{usable_cores()} cores, {platform.machine()}), "
-                  f"jax {first.get('jax')}; ratio = jaxcnn / the column before it (above 1: "
+                  f"jax {first.get('jax')}, malloc {first.get('malloc')}; ratio = jaxcnn / the column before it (above 1: "
                   f"jaxcnn faster)" + ("; 'xla conv': jaxcnn with XLA's convolution and "
                                        "max pooling everywhere (JAXCNN_CONV=xla)"
                                        if policies else "")
