@@ -22,7 +22,7 @@ glibc_linux = pytest.mark.skipif(
 
 PROBE = r"""
 import json, resource, sys
-import train  # the trainer's first act: keep freed memory when JAX runs on the CPU
+import train  # with JAXCNN_MALLOC=keep, the trainer's first act: keep freed memory
 import jax, jax.numpy as jnp
 from jaxcnn import allocator
 
@@ -59,8 +59,8 @@ def probe(**env: str) -> dict:
 
 @glibc_linux
 def test_kept_memory_is_not_faulted_in_again_each_call():
-    default = probe(JAXCNN_MALLOC="default")
-    kept = probe()
+    default = probe()
+    kept = probe(JAXCNN_MALLOC="keep")
     assert not default["kept"] and kept["kept"]
     # Without the settings each call maps its 48 MiB afresh and touches every page.
     assert default["mib_per_call"] > 40, default
@@ -71,14 +71,14 @@ def test_kept_memory_is_not_faulted_in_again_each_call():
 def test_the_environment_settings_do_the_same():
     """The module's text gives the environment variables for processes that do not import
     ``train``; they must give the same effect (and the function then leaves them alone)."""
-    kept = probe(MALLOC_ARENA_MAX="1", MALLOC_MMAP_MAX_="0",
+    kept = probe(JAXCNN_MALLOC="keep", MALLOC_ARENA_MAX="1", MALLOC_MMAP_MAX_="0",
                  MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
     assert not kept["kept"]  # the user's own settings win
     assert kept["mib_per_call"] < 10, kept
 
 
 @pytest.mark.parametrize("env", [
-    {"JAXCNN_MALLOC": "default"}, {"MALLOC_ARENA_MAX": "4"}, {"GLIBC_TUNABLES": "x"},
+    {"MALLOC_ARENA_MAX": "4"}, {"GLIBC_TUNABLES": "x"},
     {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"},
 ])
 def test_a_users_choice_is_left_alone(monkeypatch, env):

@@ -15,15 +15,18 @@ Imports run one way, from the ground up:
 * ``train.main``: command-line flags only (``python -m train.main --arch senet``);
   ``train.evaluate``: evaluates a trained workdir; ``train.bench``: synthetic-data benchmark.
 
-On the CPU the package's first act is :func:`jaxcnn.allocator.keep_freed_memory`: glibc then
-keeps the memory XLA frees after each step instead of mapping it afresh for the next
-(``JAXCNN_MALLOC=default`` leaves glibc as it is).
+With ``JAXCNN_MALLOC=keep`` on the CPU the package's first act is
+:func:`jaxcnn.allocator.keep_freed_memory`: glibc then keeps the memory XLA frees after each
+step instead of mapping it afresh for the next (faster steps; a heap that fragments, so it is
+not the default).
 
 The trainer runs from a checkout (``python -m train.main`` in the repository root); it is not
 part of the ``jaxcnn`` wheel, so that no installed package claims the top-level name ``train``.
 """
 
+import os
+
 from jaxcnn.allocator import keep_freed_memory, runs_on_cpu
 
-if runs_on_cpu():
+if os.environ.get("JAXCNN_MALLOC") == "keep" and runs_on_cpu():
     keep_freed_memory()  # first, before any thread allocates: see jaxcnn/allocator.py
