@@ -57,6 +57,7 @@ def probe(**env: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # two fresh processes that import the trainer
 @glibc_linux
 def test_kept_memory_is_not_faulted_in_again_each_call():
     default = probe()
@@ -67,6 +68,7 @@ def test_kept_memory_is_not_faulted_in_again_each_call():
     assert kept["mib_per_call"] < 10, kept
 
 
+@pytest.mark.slow
 @glibc_linux
 def test_the_environment_settings_do_the_same():
     """The module's text gives the environment variables for processes that do not import
