@@ -14,7 +14,8 @@ every thread (so that large blocks come from the main heap, which can grow witho
 no ``mmap`` for large blocks, and no trimming of the heap's free top. Steps then fault nothing
 in, but the heap fragments: blocks that no longer fit the holes left by the last step grow it.
 A process running ResNet-50's train step at 64 px held 1.8 GiB for 160 steps, then grew to
-2.5 GiB by step 200; under glibc's defaults it stays at 1.4 GiB. So it is not the default: the
+2.5 GiB by step 200; under glibc's defaults a process running the same step (and
+inference) held 1.4 GiB over 80 steps. So it is not the default: the
 ``train`` package applies it as its first statement when ``JAXCNN_MALLOC=keep`` is set and JAX
 runs on the CPU (benchmarks and short runs: the steps' time without the kernel's page zeroing),
 and a long run that can spare the memory may too. PyTorch's CPU tensors come from the same

@@ -79,6 +79,15 @@ def test_the_environment_settings_do_the_same():
     assert kept["mib_per_call"] < 10, kept
 
 
+def test_an_unknown_setting_is_named():
+    out = subprocess.run([sys.executable, "-W", "always", "-c", "import train"],
+                         env={**os.environ, "JAXCNN_MALLOC": "kept"}, capture_output=True,
+                         text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "JAXCNN_MALLOC='kept' is not a setting: 'keep' keeps freed memory" in out.stderr
+
+
 @pytest.mark.parametrize("env", [
     {"MALLOC_ARENA_MAX": "4"}, {"GLIBC_TUNABLES": "x"},
     {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"},

@@ -28,5 +28,11 @@ import os
 
 from jaxcnn.allocator import keep_freed_memory, runs_on_cpu
 
-if os.environ.get("JAXCNN_MALLOC") == "keep" and runs_on_cpu():
+_MALLOC = os.environ.get("JAXCNN_MALLOC")
+if _MALLOC == "keep" and runs_on_cpu():
     keep_freed_memory()  # first, before any thread allocates: see jaxcnn/allocator.py
+elif _MALLOC not in (None, "", "keep"):
+    import warnings
+
+    warnings.warn(f"JAXCNN_MALLOC={_MALLOC!r} is not a setting: 'keep' keeps freed memory "
+                  "(jaxcnn/allocator.py); unset it for glibc's defaults", stacklevel=2)
