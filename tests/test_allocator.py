@@ -16,6 +16,8 @@ import pytest
 
 from jaxcnn import allocator
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `import train` works
+
 glibc_linux = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
     reason="the settings are glibc's")
@@ -52,7 +54,7 @@ def probe(**env: str) -> dict:
     out = subprocess.run([sys.executable, "-c", PROBE], env={**clean, "JAX_PLATFORMS": "cpu",
                                                              **env},
                          capture_output=True, text=True, timeout=300,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -83,7 +85,7 @@ def test_an_unknown_setting_is_named():
     out = subprocess.run([sys.executable, "-W", "always", "-c", "import train"],
                          env={**os.environ, "JAXCNN_MALLOC": "kept"}, capture_output=True,
                          text=True, timeout=120,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "JAXCNN_MALLOC='kept' is not a setting: 'keep' keeps freed memory" in out.stderr
 

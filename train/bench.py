@@ -391,8 +391,8 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
     lines += ["", f"images/s, batch {first.get('batch_size')}, {first.get('dtype')}, "
                   f"{first.get('backend')} ({first.get('device')}, "
                   f"{usable_cores()} cores, {platform.machine()}), "
-                  f"jax {first.get('jax')}, malloc {first.get('malloc')}; ratio = jaxcnn / the column before it (above 1: "
-                  f"jaxcnn faster)" + ("; 'xla conv': jaxcnn with XLA's convolution and "
+                  f"jax {first.get('jax')}, malloc {first.get('malloc')}; "
+                  f"ratio = jaxcnn / the column before it (above 1: jaxcnn faster)" + ("; 'xla conv': jaxcnn with XLA's convolution and "
                                        "max pooling everywhere (JAXCNN_CONV=xla)"
                                        if policies else "")
                   + "."]
