@@ -157,7 +157,7 @@ def prepare(arch: str, *, batch_size: int, image_size: int | None = None, dtype:
         "num_classes": num_classes, "dtype": c.dtype, "optimizer": c.optimizer,
         "parallel": c.parallel, "params": params, "backend": jax.default_backend(),
         "device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
-        "jax": jax.__version__, "malloc": "kept" if allocator.kept else "glibc default",
+        "jax": jax.__version__, "malloc": allocator.malloc_setting(),
     }
 
     step_fn = setup.train_step
