@@ -58,6 +58,9 @@ HUGE_PAGES = "glibc.malloc.hugetlb=1"
 
 THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
+RESTARTED = "JAXCNN_HUGE_PAGES_RESTART"
+"""Set in the environment of the process that :func:`restart_with_huge_pages` starts."""
+
 kept = False
 """Whether :func:`keep_freed_memory` applied its settings in this process."""
 
@@ -114,14 +117,16 @@ def huge_pages_env() -> dict[str, str] | None:
     """The environment under which glibc's ``malloc`` uses transparent huge pages: this one
     plus ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``. None where it would not apply or is not
     ours to set: glibc older than 2.35 (no such tunable) or not glibc, the kernel's huge pages
-    off or absent, ``JAXCNN_MALLOC`` set (``keep`` or ``default``), or the environment already
-    tuning ``malloc`` (which also keeps a restarted process from restarting again)."""
+    off or absent, ``JAXCNN_MALLOC`` set (``keep`` or ``default``), the environment already
+    tuning ``malloc``, or this process being the restarted one (:data:`RESTARTED`, a guard
+    against a loop should the tunable not reach the new process's environment)."""
     version = glibc_version()
-    if version is None or version < (2, 35) or os.environ.get("JAXCNN_MALLOC") or users_choice():
+    if version is None or version < (2, 35) or os.environ.get("JAXCNN_MALLOC") or \
+            users_choice() or RESTARTED in os.environ:
         return None
     if transparent_huge_pages() not in ("always", "madvise"):
         return None
-    return {**os.environ, "GLIBC_TUNABLES": HUGE_PAGES}
+    return {**os.environ, "GLIBC_TUNABLES": HUGE_PAGES, RESTARTED: "1"}
 
 
 def restart_with_huge_pages() -> None:

@@ -108,7 +108,7 @@ print("running", os.getpid(), os.environ.get("GLIBC_TUNABLES"), flush=True)
 
 def run_restart(**env: str) -> list[list[str]]:
     clean = {k: v for k, v in os.environ.items()
-             if k not in allocator.USER_CHOICES and k != "JAXCNN_MALLOC"}
+             if k not in (*allocator.USER_CHOICES, "JAXCNN_MALLOC", allocator.RESTARTED)}
     out = subprocess.run([sys.executable, "-c", RESTART],
                          env={**clean, "JAX_PLATFORMS": "cpu", **env},
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -142,9 +142,10 @@ def test_the_trainer_does_not_restart_where_told_otherwise(env):
     ((2, 36), "madvise", {"JAXCNN_MALLOC": "default"}, False),
     ((2, 36), "madvise", {"GLIBC_TUNABLES": allocator.HUGE_PAGES}, False),  # restarted already
     ((2, 36), "madvise", {"MALLOC_ARENA_MAX": "2"}, False),
+    ((2, 36), "madvise", {allocator.RESTARTED: "1"}, False),  # never a second time
 ])
 def test_when_huge_pages_apply(monkeypatch, version, mode, env, applies):
-    for name in (*allocator.USER_CHOICES, "JAXCNN_MALLOC", "LD_PRELOAD"):
+    for name in (*allocator.USER_CHOICES, "JAXCNN_MALLOC", "LD_PRELOAD", allocator.RESTARTED):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
