@@ -1,9 +1,11 @@
 """The notebooks run top to bottom on the public API, are stored without outputs, and show what
 their text says they show."""
 
+import copy
 import os
 import pathlib
 import re
+import warnings
 
 import nbformat
 import pytest
@@ -100,9 +102,25 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     # tmp_path, finds it through PYTHONPATH, as a Jupyter started with PYTHONPATH=$PWD does.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    nb = nbformat.read(path, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
+    stored = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in stored.cells if c.cell_type == "code"), \
         "store notebooks without outputs"
+    nb = _executed(stored, tmp_path)
+    try:
+        CHECKS[path.stem](nb)
+    except AssertionError as first:
+        # On a loaded CI-like machine (2026-12-02) ipykernel 7.4 once lost one cell's printed
+        # line ("conv1 filters" of understanding) while every other output arrived; a stream
+        # message that reaches nbclient after the cell's idle status, or under another parent,
+        # is dropped. A second execution tells such a race from a regression, which fails twice.
+        warnings.warn(f"{path.stem}: the first execution failed its check ({first!s:.200}); "
+                      "executing it again")
+        nb = _executed(stored, tmp_path)
+        CHECKS[path.stem](nb)
+
+
+def _executed(stored, tmp_path):
+    nb = copy.deepcopy(stored)
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
-    CHECKS[path.stem](nb)
+    return nb
