@@ -5,6 +5,8 @@ ran, the report says what ran, and the tables say what the reports say.
 """
 
 import json
+import os
+import statistics
 
 import pytest
 
@@ -91,6 +93,33 @@ def test_input_pipeline_throughput_is_reported():
     assert result["images_per_sec"] > 0 and result["image_size"] == 224
     assert result["images_per_sec_per_core"] == pytest.approx(
         result["images_per_sec"] / result["cores"])
+
+
+@pytest.mark.slow
+@pytest.mark.parity
+def test_isolate_times_each_framework_in_processes_of_its_own(capsys):
+    rc = bench.main(["--arch", "lenet5", "--batch-size", "8", "--steps", "2", "--windows", "2",
+                     "--warmup", "1", "--num-classes", "10", "--compare", "torch",
+                     "--torch-modes", "eager", "--isolate", "2"])
+    out = capsys.readouterr().out
+    report = json.loads(out[:out.index("\n\n|")])
+    assert rc == 0 and report["isolated_rounds"] == 2
+    pids = report["pids"]["jaxcnn"] + report["pids"]["torch eager"]
+    assert len(set(pids)) == 4 and os.getpid() not in pids  # four processes, none this one
+    for part in ("train", "inference"):
+        ours, theirs = report[part], report["torch"]["eager"][part]
+        for side in (ours, theirs):  # every window of both rounds, pooled
+            assert side["processes"] == 2 and len(side["windows_images_per_sec"]) == 4
+            assert side["images_per_sec"] == pytest.approx(
+                statistics.median(side["windows_images_per_sec"]))
+        assert report["ratios"][f"{part}_vs_torch_eager"] == pytest.approx(
+            ours["images_per_sec"] / theirs["images_per_sec"])
+    assert "each framework in its own processes, 2 rounds in turn" in out
+
+
+def test_isolate_needs_a_comparison(capsys):
+    assert bench.main(["--arch", "lenet5", "--isolate", "2"]) == 2
+    assert "add --compare torch" in capsys.readouterr().err
 
 
 def test_a_sweep_row_that_fails_keeps_the_others(monkeypatch):

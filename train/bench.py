@@ -109,6 +109,27 @@ def fit_aux_heads(config: Config, size: int) -> Config:
     return config.replace(aux_weight=0.0)
 
 
+def resolve(arch: str, *, batch_size: int, image_size: int | None = None, dtype: str = "auto",
+            num_classes: int = 1000, optimizer: str | None = None, parallel: str = "jit",
+            **config_fields: Any) -> Any:
+    """The training plan both sides of a comparison follow (network, size, dtype, SGD's
+    settings) for a synthetic data set, without building anything."""
+    import jaxcnn
+    from train.plan import resolve_config
+
+    h, _, channels = jaxcnn.model_info(arch).input_shape
+    size = image_size or h
+    info = DatasetInfo(name="synthetic", num_classes=num_classes,
+                       image_shape=(size, size, channels), train_split="synthetic",
+                       eval_split="synthetic", num_train=batch_size * 1000, num_eval=batch_size,
+                       mean=(0.0,), std=(1.0,))
+    config = Config(arch=arch, dataset="synthetic", image_size=size, dtype=dtype,
+                    batch_size=batch_size, num_classes=num_classes, optimizer=optimizer,
+                    parallel=parallel, epochs=1, progress=False, **config_fields)
+    plan = resolve_config(config, info)
+    return dataclasses.replace(plan, config=fit_aux_heads(plan.config, size))
+
+
 def prepare(arch: str, *, batch_size: int, image_size: int | None = None, dtype: str = "auto",
             num_classes: int = 1000, optimizer: str | None = None, parallel: str = "jit",
             inference: bool = True, **config_fields: Any
@@ -125,21 +146,13 @@ def prepare(arch: str, *, batch_size: int, image_size: int | None = None, dtype:
     from jaxcnn import allocator
     from train import train as train_lib
     from train.parallel import make_parallel
-    from train.plan import resolve_config
 
-    info_model = jaxcnn.model_info(arch)
-    h, w, channels = info_model.input_shape
-    size = image_size or h
-    info = DatasetInfo(name="synthetic", num_classes=num_classes,
-                       image_shape=(size, size, channels), train_split="synthetic",
-                       eval_split="synthetic", num_train=batch_size * 1000, num_eval=batch_size,
-                       mean=(0.0,), std=(1.0,))
-    config = Config(arch=arch, dataset="synthetic", image_size=size, dtype=dtype,
-                    batch_size=batch_size, num_classes=num_classes, optimizer=optimizer,
-                    parallel=parallel, epochs=1, progress=False, **config_fields)
-    plan = resolve_config(config, info)
-    plan = dataclasses.replace(plan, config=fit_aux_heads(plan.config, size))
+    plan = resolve(arch, batch_size=batch_size, image_size=image_size, dtype=dtype,
+                   num_classes=num_classes, optimizer=optimizer, parallel=parallel,
+                   **config_fields)
     c = plan.config
+    h, _, channels = jaxcnn.model_info(arch).input_shape
+    size = image_size or h
     par = make_parallel(c.parallel)
     setup = train_lib.build(plan, par)
     state = par.init_state(setup.init_fn)
@@ -202,7 +215,8 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
                   num_classes: int = 1000, optimizer: str | None = None,
                   parallel: str = "jit", inference: bool = True, compare: str | None = None,
                   torch_modes: tuple[str, ...] = ("eager", "compile"),
-                  conv_policies: tuple[str, ...] = ()) -> dict[str, Any]:
+                  conv_policies: tuple[str, ...] = (), isolate: int = 0,
+                  side: str | None = None) -> dict[str, Any]:
     """Compiles and times the train (and inference) step of ``arch``; returns the report.
 
     ``compare="torch"`` also times the PyTorch reference in each of ``torch_modes``, in turn
@@ -210,28 +224,53 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
     error that stopped a mode) and ``ratios`` (ours over theirs, images/s) to the report.
     ``conv_policies`` (e.g. ``("xla",)``) also times our steps built with those
     :func:`jaxcnn.conv.policy` settings, in the same turns: the figures under ``conv`` and
-    ``ratios`` of the default (``auto``) over each.
+    ``ratios`` of the default (``auto``) over each. ``isolate=n`` times each framework in a
+    process of its own instead, ``n`` rounds in turn (:func:`run_isolated`); ``side``
+    (``"jaxcnn"`` or ``"torch"``) builds and times one framework only, as each of those
+    processes does.
     """
     import jax
 
     from jaxcnn import conv
 
+    if isolate:
+        if not compare:
+            raise ValueError("--isolate times the frameworks of --compare torch in processes "
+                             "of their own; add --compare torch")
+        return run_isolated(arch, rounds=isolate, batch_size=batch_size,
+                            image_size=image_size, dtype=dtype, steps=steps, windows=windows,
+                            warmup=warmup, num_classes=num_classes, optimizer=optimizer,
+                            parallel=parallel, inference=inference, torch_modes=torch_modes,
+                            conv_policies=conv_policies)
     fields = dict(COMPARE_SETTINGS) if compare else {}
     if compare and optimizer not in (None, "sgd"):
         raise ValueError("--compare torch trains both sides with SGD; omit --optimizer")
     optimizer = "sgd" if compare else optimizer
     options = dict(batch_size=batch_size, image_size=image_size, dtype=dtype,
-                   num_classes=num_classes, optimizer=optimizer, parallel=parallel,
-                   inference=inference, **fields)
-    header, runners, c = prepare(arch, **options)
+                   num_classes=num_classes, optimizer=optimizer, parallel=parallel, **fields)
+    parts = ("train", "inference") if inference else ("train",)
+    all_runners: dict[tuple[str, str], Runner] = {}
+    if side != "torch":
+        header, runners, c = prepare(arch, inference=inference, **options)
+        all_runners.update({("jaxcnn", part): r for part, r in runners.items()})
+        for name in conv_policies:
+            with conv.policy(name):  # the steps are traced and compiled inside prepare
+                _, theirs, _ = prepare(arch, inference=inference, **options)
+            all_runners.update({(f"jaxcnn_conv_{name}", part): r for part, r in theirs.items()})
+    else:  # PyTorch alone: the plan ours would follow, nothing of ours built
+        import jaxcnn
+        from jaxcnn import allocator
+
+        c = resolve(arch, **options).config
+        h, _, channels = jaxcnn.model_info(arch).input_shape
+        header = {"arch": c.arch, "batch_size": batch_size, "image_size": image_size or h,
+                  "channels": channels, "num_classes": num_classes, "dtype": c.dtype,
+                  "optimizer": c.optimizer, "malloc": allocator.malloc_setting()}
     report = dict(header)
-    all_runners = {("jaxcnn", part): r for part, r in runners.items()}
-    for name in conv_policies:
-        with conv.policy(name):  # the steps are traced and compiled inside prepare
-            _, theirs, _ = prepare(arch, **options)
-        all_runners.update({(f"jaxcnn_conv_{name}", part): r for part, r in theirs.items()})
+    if side:
+        report["pid"] = os.getpid()
     errors: dict[str, str] = {}
-    if compare:
+    if compare and side != "jaxcnn":
         from train import bench_torch
 
         try:
@@ -256,35 +295,140 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
 
     timed = time_interleaved({f"{who}/{part}": r for (who, part), r in all_runners.items()},
                              steps=steps, windows=windows, batch_size=batch_size, warmup=warmup)
-    for part in runners:
-        report[part] = timed[f"jaxcnn/{part}"]
-    report["ratios"] = {}
-    if conv_policies:
-        report["conv"] = {name: {part: timed[f"jaxcnn_conv_{name}/{part}"] for part in runners}
-                          for name in conv_policies}
-        report["ratios"].update({
-            f"{part}_vs_conv_{name}": report[part]["images_per_sec"]
-            / report["conv"][name][part]["images_per_sec"]
-            for name in conv_policies for part in runners})
-    peak, source = _peak_memory(jax.local_devices())
-    report["peak_memory_bytes"] = peak
-    report["peak_memory_gib"] = None if peak is None else round(peak / 2**30, 3)
-    report["peak_memory_source"] = source
-    if compare:
+    if side != "torch":
+        for part in parts:
+            report[part] = timed[f"jaxcnn/{part}"]
+        if conv_policies:
+            report["conv"] = {name: {part: timed[f"jaxcnn_conv_{name}/{part}"]
+                                     for part in parts} for name in conv_policies}
+        peak, source = _peak_memory(jax.local_devices())
+        report["peak_memory_bytes"] = peak
+        report["peak_memory_gib"] = None if peak is None else round(peak / 2**30, 3)
+        report["peak_memory_source"] = source
+    if compare and side != "jaxcnn":
         from train import bench_torch
 
         report["torch"] = {mode: {"error": errors[mode]} if mode in errors else {
-            part: timed[f"torch_{mode}/{part}"] for part in runners} for mode in torch_modes}
+            part: timed[f"torch_{mode}/{part}"] for part in parts} for mode in torch_modes}
         torch_peak = bench_torch.peak_memory_bytes()
         if torch_peak is not None:
             report["torch_peak_memory_gib"] = round(torch_peak / 2**30, 3)
-        report["ratios"].update({
-            f"{part}_vs_torch_{mode}": report[part]["images_per_sec"]
-            / report["torch"][mode][part]["images_per_sec"]
-            for mode in torch_modes if mode not in errors for part in runners})
-    if not report["ratios"]:
-        del report["ratios"]
+    return _with_ratios(report)
+
+
+def _with_ratios(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with ``ratios``: ours (the default routing) over each forced convolution
+    formulation and each PyTorch mode timed, images/s, part by part."""
+    ratios = {}
+    parts = [p for p in ("train", "inference") if p in report]
+    for name, figures in report.get("conv", {}).items():
+        ratios.update({f"{part}_vs_conv_{name}": report[part]["images_per_sec"]
+                       / figures[part]["images_per_sec"] for part in parts})
+    for mode, figures in report.get("torch", {}).items():
+        if "error" not in figures:
+            ratios.update({f"{part}_vs_torch_{mode}": report[part]["images_per_sec"]
+                           / figures[part]["images_per_sec"] for part in parts})
+    report.pop("ratios", None)
+    if ratios:
+        report["ratios"] = ratios
     return report
+
+
+def run_isolated(arch: str, *, rounds: int, image_size: int | None,
+                 torch_modes: tuple[str, ...], **options: Any) -> dict[str, Any]:
+    """``run_benchmark(compare="torch")`` with each framework in a process of its own, as a
+    user runs one of them: ``rounds`` rounds of ``python -m train.bench --side ...`` (jaxcnn,
+    then each torch mode, then jaxcnn again ...), so a machine that gets busier or quieter
+    slows every side alike. Each side's images/s is the median over all its processes'
+    windows; its compile seconds the median of its processes'; memory the largest peak.
+
+    Timed in one process, the frameworks slow each other down (ResNet-50 at 64 px on the
+    2-core CPU of README: 410-550 ms a train step alone, 520-1,150 ms alternating with
+    PyTorch's); apart, neither's threads, caches or allocator share a process."""
+    import subprocess
+
+    sides = [("jaxcnn", None)] + [("torch", mode) for mode in torch_modes]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where train/ is
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    runs: dict[tuple[str, str | None], list[dict[str, Any]]] = {s: [] for s in sides}
+    with tempfile.TemporaryDirectory(prefix="jaxcnn-bench-") as tmp:
+        for round_ in range(rounds):
+            for who, mode in sides:
+                path = os.path.join(tmp, f"{who}-{mode}-{round_}.json")
+                argv = [sys.executable, "-m", "train.bench", *_row_flags(
+                    arch, image_size, **options), "--side", who, "--output", path]
+                if mode:
+                    argv += ["--torch-modes", mode]
+                done = subprocess.run(argv, stdout=subprocess.DEVNULL, env=env)
+                if done.returncode or not os.path.exists(path):
+                    name = f"{who} {mode}" if mode else who
+                    raise RuntimeError(f"the {name} process of {arch} exited with status "
+                                       f"{done.returncode}; its error is above")
+                with open(path) as f:
+                    runs[(who, mode)].append(json.load(f))
+    ours = runs[("jaxcnn", None)]
+    report = dict(ours[0])
+    report.pop("pid")
+    report["pids"] = {" ".join(filter(None, side)): [r["pid"] for r in reports]
+                      for side, reports in runs.items()}
+    for part in ("train", "inference"):
+        if part in report:
+            report[part] = _pooled([r[part] for r in ours], options["batch_size"])
+    for name in report.get("conv", {}):
+        report["conv"][name] = {part: _pooled([r["conv"][name][part] for r in ours],
+                                              options["batch_size"])
+                                for part in report["conv"][name]}
+    peaks = [r["peak_memory_bytes"] for r in ours if r.get("peak_memory_bytes") is not None]
+    if peaks:
+        report["peak_memory_bytes"] = max(peaks)
+        report["peak_memory_gib"] = round(max(peaks) / 2**30, 3)
+    report["torch"] = {}
+    for mode in torch_modes:
+        theirs = runs[("torch", mode)]
+        report["torch_reference"] = theirs[0].get("torch_reference")
+        figures = [r["torch"][mode] for r in theirs]
+        failed = next((f for f in figures if "error" in f), None)
+        report["torch"][mode] = failed or {
+            part: _pooled([f[part] for f in figures], options["batch_size"])
+            for part in figures[0]}
+        torch_peaks = [r["torch_peak_memory_gib"] for r in theirs
+                       if r.get("torch_peak_memory_gib") is not None]
+        if torch_peaks:
+            report["torch_peak_memory_gib"] = max(
+                torch_peaks + [report.get("torch_peak_memory_gib") or 0.0])
+    report["isolated_rounds"] = rounds
+    return _with_ratios(report)
+
+
+def _row_flags(arch: str, image_size: int | None, *, batch_size: int, dtype: str, steps: int,
+               windows: int, warmup: int, num_classes: int, optimizer: str | None,
+               parallel: str, inference: bool, conv_policies: tuple[str, ...]) -> list[str]:
+    """The command-line flags that time one row as :func:`run_isolated` was asked to."""
+    flags = ["--arch", arch, "--batch-size", str(batch_size), "--dtype", dtype,
+             "--steps", str(steps), "--windows", str(windows), "--warmup", str(warmup),
+             "--num-classes", str(num_classes), "--parallel", parallel, "--compare", "torch"]
+    if image_size:
+        flags += ["--image-size", str(image_size)]
+    if optimizer:
+        flags += ["--optimizer", optimizer]
+    if not inference:
+        flags.append("--no-inference")
+    if conv_policies:
+        flags += ["--conv-policies", *conv_policies]
+    return flags
+
+
+def _pooled(figures: list[dict[str, Any]], batch_size: int) -> dict[str, Any]:
+    """One side's timings from several processes as one: the median over all their windows."""
+    import statistics
+
+    windows = [w for f in figures for w in f["windows_images_per_sec"]]
+    return {"images_per_sec": statistics.median(windows),
+            "step_ms": statistics.median(1000 * batch_size / w for w in windows),
+            "windows_images_per_sec": windows, "steps_per_window": figures[0]["steps_per_window"],
+            "compile_s": statistics.median(f["compile_s"] for f in figures),
+            "processes": len(figures)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,10 +536,13 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
                   f"{first.get('backend')} ({first.get('device')}, "
                   f"{usable_cores()} cores, {platform.machine()}), "
                   f"jax {first.get('jax')}, malloc {first.get('malloc')}; "
-                  f"ratio = jaxcnn / the column before it (above 1: jaxcnn faster)" + ("; 'xla conv': jaxcnn with XLA's convolution and "
-                                       "max pooling everywhere (JAXCNN_CONV=xla)"
-                                       if policies else "")
-                  + "."]
+                  f"ratio = jaxcnn / the column before it (above 1: jaxcnn faster)"
+                  + ("; 'xla conv': jaxcnn with XLA's convolution and max pooling everywhere "
+                     "(JAXCNN_CONV=xla)" if policies else "")
+                  + (f"; each framework in its own processes, {first['isolated_rounds']} "
+                     "rounds in turn (--isolate)" if first.get("isolated_rounds") else
+                     "; the frameworks in one process, window by window in turn" if modes
+                     else "") + "."]
     errors = {f"{r['arch']} torch {m}: {side['error']}" for r in reports
               for m, side in r.get("torch", {}).items() if "error" in side}
     lines += sorted(errors)
@@ -517,6 +664,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time our steps with these jaxcnn.conv formulations forced "
                              "(xla: XLA's convolution and max pooling everywhere, i.e. "
                              "jaxcnn before its routing), in the same run")
+    parser.add_argument("--isolate", type=int, default=0, metavar="ROUNDS",
+                        help="with --compare: time each framework in a process of its own, "
+                             "ROUNDS rounds in turn (e.g. 2), instead of both in one process")
+    parser.add_argument("--side", choices=("jaxcnn", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--input-pipeline", action="store_true",
                         help="also time the TFDS input pipeline at 224 px (images/s per core)")
     parser.add_argument("--suite", choices=("gpu",),
@@ -545,7 +696,8 @@ def main(argv: list[str] | None = None) -> int:
                    windows=args.windows, warmup=args.warmup, num_classes=args.num_classes,
                    optimizer=args.optimizer, parallel=args.parallel, inference=args.inference,
                    compare=args.compare, torch_modes=tuple(args.torch_modes),
-                   conv_policies=tuple(args.conv_policies))
+                   conv_policies=tuple(args.conv_policies), isolate=args.isolate,
+                   side=args.side)
     sizes = args.image_size or [None]
     try:
         archs = expand_archs(args.arch)
