@@ -132,6 +132,12 @@ def explicit_pads(padding: str | Sequence[tuple[int, int]], lhs: tuple[int, ...]
 # The formulations. Each takes NHWC ``x`` and HWIO ``w`` with explicit padding.
 
 
+def _matmul(x: jax.Array, w: jax.Array, precision: Any = None) -> jax.Array:
+    """``x @ w`` over the last axis of ``x``, its leading axes flattened into one first."""
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), w, precision=precision)
+    return y.reshape(*x.shape[:-1], w.shape[-1])
+
+
 def _taps(x: jax.Array, s: Shape, spatial: int = 1) -> list[jax.Array]:
     """One strided view of the padded input per kernel tap, in the kernel's row-major order:
     (N, out_h, out_w, C) each, or (..., out_h, out_w, C) with the spatial axes at ``spatial``
@@ -155,8 +161,7 @@ def im2col_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> 
     if s.groups == 1:
         taps = _taps(x, s)
         patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
-        return jnp.dot(patches, w.reshape(s.taps * s.group_in, s.out_channels),
-                       precision=precision)
+        return _matmul(patches, w.reshape(s.taps * s.group_in, s.out_channels), precision)
     # One matrix product per group, the group axis leading (a batched product XLA handles
     # well); output channel o belongs to group o // (out / groups), as in lax.
     g, cg, og = s.groups, s.group_in, s.out_channels // s.groups
@@ -177,7 +182,7 @@ def shifted_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) ->
         if s.depthwise:  # one input channel per output channel: elementwise
             term = tap * kernel[t, 0]
         elif g == 1:
-            term = jnp.dot(tap, kernel[t], precision=precision)
+            term = _matmul(tap, kernel[t], precision)
         else:
             term = jnp.einsum("nhwgc,cgo->nhwgo", tap.reshape(*tap.shape[:3], g, cg),
                               kernel[t].reshape(cg, g, og), precision=precision)
