@@ -122,6 +122,11 @@ def test_isolate_needs_a_comparison(capsys):
     assert "add --compare torch" in capsys.readouterr().err
 
 
+def test_isolate_needs_a_number_of_rounds(capsys):
+    assert bench.main(["--arch", "lenet5", "--isolate", "-1", "--compare", "torch"]) == 2
+    assert "--isolate -1: give a number of rounds" in capsys.readouterr().err
+
+
 def test_a_sweep_row_that_fails_keeps_the_others(monkeypatch):
     """A failure inside one row (a bug, not a user error) is recorded with its type; the
     rows after it still run."""

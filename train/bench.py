@@ -233,6 +233,9 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
 
     from jaxcnn import conv
 
+    if isolate < 0:
+        raise ValueError(f"--isolate {isolate}: give a number of rounds, e.g. --isolate 2 "
+                         "(0, the default: both frameworks in one process)")
     if isolate:
         if not compare:
             raise ValueError("--isolate times the frameworks of --compare torch in processes "
