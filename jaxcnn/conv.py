@@ -114,6 +114,15 @@ class Shape:
         """Size of the stacked patches im2col builds, in float32."""
         return 4 * self.batch * self.out_h * self.out_w * self.taps * self.in_channels
 
+    @property
+    def batch_chunks(self) -> int | None:
+        """The fewest equal slices of the batch whose patches each stay within
+        :data:`MAX_PATCH_BYTES` (1: the whole batch's do); None where one image's do not."""
+        for chunks in range(1, self.batch + 1):
+            if self.batch % chunks == 0 and self.patch_bytes // chunks <= MAX_PATCH_BYTES:
+                return chunks
+        return None
+
     def __repr__(self) -> str:
         return (f"Shape(N{self.batch} {self.height}x{self.width}x{self.in_channels} "
                 f"k{self.kh}x{self.kw} -> {self.out_channels} s{self.strides} p{self.pads} "
@@ -158,6 +167,17 @@ def xla_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> jax
 
 
 def im2col_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> jax.Array:
+    chunks = s.batch_chunks if s.taps > 1 else 1  # one tap: the patches are the image
+    if chunks is not None and chunks > 1:
+        # Patches too large for the whole batch: one slice of the batch at a time (a loop,
+        # whose transpose sums the slices' kernel gradients), each slice's patches bounded.
+        # Rematerialised: differentiated, the loop would otherwise keep every slice's
+        # patches for the backward pass (all of them at once, the size this avoids).
+        part = Shape((s.batch // chunks, s.height, s.width, s.in_channels),
+                     (s.kh, s.kw, s.group_in, s.out_channels), s.strides, s.pads, s.groups)
+        y = lax.map(jax.checkpoint(lambda xs: im2col_conv(xs, w, part, precision)),
+                    x.reshape(chunks, part.batch, *x.shape[1:]))
+        return y.reshape(s.batch, s.out_h, s.out_w, s.out_channels)
     if s.groups == 1:
         taps = _taps(x, s)
         patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
@@ -229,12 +249,19 @@ XLA = Route()
 
 
 MAX_PATCH_BYTES = 256 << 20
-"""im2col's patches are kept below this size (they hold each input pixel once per tap)."""
+"""im2col's patches are kept below this size (they hold each input pixel once per tap): the
+routes build them where they fit, and :func:`im2col_conv` takes a larger batch in slices."""
 
 SMALL_STRIDED_MAP = 16 * 16
 """Strided convolutions onto output maps of at most this many pixels go through im2col: its
 patches are then small (about taps / stride^2 times the input) and XLA's strided convolution
 runs at a third to a half of its usual throughput there, its input gradient at 1/300 on some."""
+
+LARGE_MAP = 56 * 56
+"""Convolutions onto output maps of at least this many pixels (ResNet's first stage at 224 px
+and larger) take their kernel gradient through im2col: XLA's transposes its operands first and
+runs at a third of im2col's speed on VGG-16's maps (2,734 against 907 ms for the forward and
+both gradients of its 56x56x256 convolution at batch 32; jax.profiler, 2026-12-03)."""
 
 
 def choose(s: Shape, backend: str) -> Route:
@@ -253,15 +280,23 @@ def choose(s: Shape, backend: str) -> Route:
       a 5x5 onto 4x4, Inception's 1x7 onto 1x1; not a 1x7 onto 3x3), every pass: im2col
       (XLA: 1-10 GFLOP/s instead of 200);
     * strided convolutions onto small maps (:data:`SMALL_STRIDED_MAP`) but for the stems,
-      every pass: im2col.
+      every pass: im2col; onto larger maps, both gradients (XLA's kernel gradient transposes
+      its input in a loop fusion first: 114 ms of ResNet-18's step at 224 px for one of them);
+    * the kernel gradient of convolutions onto large maps (:data:`LARGE_MAP`; a stem's from
+      64x64 on): im2col, the batch in slices where the patches would be too large. XLA's
+      kernel gradient of ResNet's 7x7 stem at 224 px took 323 ms of a 2.6-s step, im2col's
+      111 ms alone.
+
+    The last two rules come from profiles of whole train steps at 224 px rather than from the
+    survey, and were kept because whole steps got faster (README, Speed).
 
     Two rules that won on single convolutions lost in whole networks and are not taken: the
     shifted sum for the kernel gradient of 3x3 convolutions on maps of 17 px and more (1.6-2.3x
     faster alone; VGG-16's train step at 64 px 0.63x with it) and for the forward pass of
     grey-level stems (2-5x alone; LeNet-5 0.85x train, 0.69x inference with it).
 
-    Everything else (the stems with 1-4 input channels, 3x3 and larger kernels at stride 1)
-    stays with XLA.
+    Everything else (the stems' forward pass, 3x3 and larger kernels at stride 1 onto maps
+    below :data:`LARGE_MAP`) stays with XLA.
     """
     if backend != "cpu":
         return XLA
@@ -275,10 +310,14 @@ def choose(s: Shape, backend: str) -> Route:
     covers = s.kh >= s.out_h and s.kw >= s.out_w
     if fits and covers and (s.kh > s.out_h or s.kw > s.out_w):
         return Route.all("im2col")
-    if s.in_channels <= 4:  # a stem: XLA is the fastest on its few input channels
-        return XLA
-    if fits and max(s.strides) > 1 and s.out_h * s.out_w <= SMALL_STRIDED_MAP:
-        return Route.all("im2col")
+    pixels = s.out_h * s.out_w
+    if s.in_channels <= 4:  # a stem: XLA is the fastest forward on its few input channels
+        return Route("xla", "xla", "im2col") if fits and pixels >= 64 * 64 else XLA
+    if fits and max(s.strides) > 1:
+        return Route.all("im2col") if pixels <= SMALL_STRIDED_MAP else Route("xla", "im2col",
+                                                                               "im2col")
+    if pixels >= LARGE_MAP and s.batch_chunks is not None:
+        return Route("xla", "xla", "im2col")
     return XLA
 
 

@@ -118,15 +118,28 @@ SLOW_ON_CPU = {
     # MobileNetV2's depthwise 3x3: every pass 10-100x.
     "depthwise 3x3": ((32, 16, 16, 96), (3, 3, 1, 96), (1, 1), ((1, 1), (1, 1)), 96,
                       conv.Route.all("shifted")),
-    # What stays with XLA: ResNet's 7x7 stem, 3x3 convolutions at stride 1 (VGG-16's at 224
-    # px: its kernel gradient is 2.3x faster shifted alone, but the network's train step at
-    # 64 px ran at 0.63x with that route), Inception's 1x7 onto 3x3 (XLA 216, im2col 174).
+    # Found in profiles of train steps at 224 px (forward and both gradients of the one
+    # convolution, ms, XLA -> the route, 2026-12-03): the kernel gradient onto large maps,
+    # the batch in slices where its patches would be too large (VGG-16's 56x56x256: 2,734 ->
+    # 907; ResNet's 56x56x64: 170 -> 155 alone, 323 ms of XLA's in ResNet-18's step), both
+    # gradients of a strided 3x3 onto 28x28 (92.6 -> 54.3), the colour stem's kernel
+    # gradient from 64x64 output maps on (161 -> 111 for the gradient alone).
     "3x3 on 56x56": ((32, 56, 56, 256), (3, 3, 256, 256), (1, 1), ((1, 1), (1, 1)), 1,
+                     conv.Route("xla", "xla", "im2col")),
+    "3x3 s2 onto 28x28": ((32, 56, 56, 64), (3, 3, 64, 128), (2, 2), ((1, 1), (1, 1)), 1,
+                          conv.Route("xla", "im2col", "im2col")),
+    "7x7 colour stem": ((32, 224, 224, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3)), 1,
+                        conv.Route("xla", "xla", "im2col")),
+    # What stays with XLA: the stems onto smaller maps (XLA 6.4 ms, im2col 8.8 for ResNet's
+    # at 64 px), 3x3 convolutions at stride 1 onto smaller maps (ResNet-18's 28x28x128: 56
+    # -> 79 with im2col's kernel gradient; VGG-16's at 64 px ran at 0.63x with the shifted
+    # sum's), Inception's 1x7 onto 3x3 (XLA 216 GFLOP/s, im2col 174).
+    "7x7 colour stem at 64 px": ((32, 64, 64, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3)), 1,
+                                 conv.XLA),
+    "3x3 on 28x28": ((32, 28, 28, 128), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), 1,
                      conv.XLA),
     "1x7 onto 3x3": ((32, 3, 3, 192), (1, 7, 192, 192), (1, 1), ((0, 0), (3, 3)), 1,
                      conv.XLA),
-    "7x7 colour stem": ((32, 224, 224, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3)), 1,
-                        conv.XLA),
     "3x3 on 8x8": ((32, 8, 8, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), 1, conv.XLA),
 }
 
@@ -143,6 +156,62 @@ def test_im2col_patches_stay_bounded():
     s = conv.Shape((256, 27, 27, 96), (5, 5, 48, 256), (1, 1), ((2, 2), (2, 2)), 2)
     assert s.patch_bytes > conv.MAX_PATCH_BYTES
     assert "im2col" not in dataclasses.astuple(conv.choose(s, "cpu"))
+
+
+def test_batch_chunks_bound_each_slice_of_patches(monkeypatch):
+    s = conv.Shape((6, 4, 4, 2), (3, 3, 2, 3), (1, 1), ((1, 1), (1, 1)), 1)
+    per_image = s.patch_bytes // 6  # 4 * 16 pixels * 9 taps * 2 channels
+    monkeypatch.setattr(conv, "MAX_PATCH_BYTES", 6 * per_image)
+    assert s.batch_chunks == 1
+    monkeypatch.setattr(conv, "MAX_PATCH_BYTES", 2 * per_image)  # 6 / 2 -> 3 slices of 2
+    assert s.batch_chunks == 3
+    monkeypatch.setattr(conv, "MAX_PATCH_BYTES", 4 * per_image)  # 6 / 4 -> 2 slices of 3
+    assert s.batch_chunks == 2
+    monkeypatch.setattr(conv, "MAX_PATCH_BYTES", per_image - 1)
+    assert s.batch_chunks is None
+
+
+def _arrays_in(jaxpr):
+    """Every variable of ``jaxpr`` and of the programs inside it (loops, remat, custom
+    rules), as avals."""
+    for eqn in jaxpr.eqns:
+        yield from (v.aval for v in eqn.outvars)
+        for p in eqn.params.values():
+            for sub in p if isinstance(p, (tuple, list)) else (p,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _arrays_in(inner)
+
+
+@pytest.mark.parametrize("case", ["3x3 s2 pad on 7x7", "grouped 3x3", "7x7 s2 stem"])
+def test_im2col_takes_the_batch_in_slices_where_patches_would_be_too_large(case, monkeypatch):
+    """Past MAX_PATCH_BYTES, im2col loops over slices of the batch: same values and gradients
+    as lax, and neither pass holds an array as large as the whole batch's patches (the
+    differentiated loop, not rematerialised, stacked every slice's patches for the backward
+    pass: 3.7 GB for VGG-16's 224x224x64 convolution at batch 32)."""
+    lhs_shape, rhs_shape, strides, padding, groups = CASES[case]
+    lhs_shape = (6, *lhs_shape[1:])
+    x, w = _arrays(lhs_shape, rhs_shape)
+    pads = conv.explicit_pads(padding, lhs_shape, rhs_shape, strides)
+    shape = conv.Shape(lhs_shape, rhs_shape, strides, pads, groups)
+    monkeypatch.setattr(conv, "MAX_PATCH_BYTES", shape.patch_bytes // 3)
+    assert shape.batch_chunks == 3
+    cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(
+        (6, shape.out_h, shape.out_w, shape.out_channels)), jnp.float32)
+    want_y, pullback = jax.vjp(lambda x, w: _reference(x, w, strides, padding, groups), x, w)
+    for route in (conv.Route.all("im2col"), conv.Route("xla", "xla", "im2col")):
+        def vjp(x, w, cotangent):
+            y, pullback = jax.vjp(lambda x, w: conv.routed(x, w, shape, route), x, w)
+            return y, pullback(cotangent)
+
+        got_y, got_grads = jax.jit(vjp)(x, w, cotangent)
+        np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-5)
+        for g, r in zip(got_grads, pullback(cotangent)):
+            np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4)
+        program = jax.make_jaxpr(vjp)(x, w, cotangent).jaxpr
+        sizes = [4 * int(np.prod(a.shape)) for a in _arrays_in(program) if hasattr(a, "shape")]
+        assert "scan" in str(program)
+        assert max(sizes) < shape.patch_bytes, (route, max(sizes), shape.patch_bytes)
 
 
 @pytest.mark.parametrize("route", [conv.Route("xla", "im2col", "xla"),
