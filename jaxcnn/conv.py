@@ -282,8 +282,10 @@ def choose(s: Shape, backend: str) -> Route:
     * strided convolutions onto small maps (:data:`SMALL_STRIDED_MAP`) but for the stems,
       every pass: im2col; onto larger maps, both gradients (XLA's kernel gradient transposes
       its input in a loop fusion first: 114 ms of ResNet-18's step at 224 px for one of them);
-    * the kernel gradient of convolutions onto large maps (:data:`LARGE_MAP`; a stem's from
-      64x64 on): im2col, the batch in slices where the patches would be too large. XLA's
+    * the kernel gradient of convolutions onto large maps (:data:`LARGE_MAP`) with 64 output
+      channels or more (DenseNet's 3x3 onto 32 channels: 163 ms XLA, 196 im2col for the
+      forward and both gradients), and of the stems onto 64x64 maps and larger: im2col, the
+      batch in slices where the patches would be too large. XLA's
       kernel gradient of ResNet's 7x7 stem at 224 px took 323 ms of a 2.6-s step, im2col's
       111 ms alone.
 
@@ -296,7 +298,7 @@ def choose(s: Shape, backend: str) -> Route:
     grey-level stems (2-5x alone; LeNet-5 0.85x train, 0.69x inference with it).
 
     Everything else (the stems' forward pass, 3x3 and larger kernels at stride 1 onto maps
-    below :data:`LARGE_MAP`) stays with XLA.
+    below :data:`LARGE_MAP` or onto fewer than 64 channels) stays with XLA.
     """
     if backend != "cpu":
         return XLA
@@ -316,7 +318,7 @@ def choose(s: Shape, backend: str) -> Route:
     if fits and max(s.strides) > 1:
         return Route.all("im2col") if pixels <= SMALL_STRIDED_MAP else Route("xla", "im2col",
                                                                                "im2col")
-    if pixels >= LARGE_MAP and s.batch_chunks is not None:
+    if pixels >= LARGE_MAP and s.out_channels >= 64 and s.batch_chunks is not None:
         return Route("xla", "xla", "im2col")
     return XLA
 
