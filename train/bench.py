@@ -543,7 +543,8 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
                   + ("; 'xla conv': jaxcnn with XLA's convolution and max pooling everywhere "
                      "(JAXCNN_CONV=xla)" if policies else "")
                   + (f"; each framework in its own processes, {first['isolated_rounds']} "
-                     "rounds in turn (--isolate)" if first.get("isolated_rounds") else
+                     f"round{'s' if first['isolated_rounds'] > 1 else ''} in turn (--isolate)"
+                     if first.get("isolated_rounds") else
                      "; the frameworks in one process, window by window in turn" if modes
                      else "") + "."]
     errors = {f"{r['arch']} torch {m}: {side['error']}" for r in reports
