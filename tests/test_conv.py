@@ -35,6 +35,8 @@ CASES = {
     "11x11 s4": ((1, 23, 23, 3), (11, 11, 3, 4), (4, 4), ((2, 2), (2, 2)), 1),
     "grouped 3x3": ((2, 4, 4, 8), (3, 3, 2, 12), (1, 1), ((1, 1), (1, 1)), 4),
     "grouped 3x3 s2": ((2, 5, 5, 8), (3, 3, 4, 8), (2, 2), ((1, 1), (1, 1)), 2),
+    "grouped 3x3 uneven pad on 5x7": ((2, 5, 7, 8), (3, 3, 4, 6), (1, 1), ((0, 2), (2, 1)), 2),
+    "grouped 3x3 16 a group": ((2, 4, 4, 32), (3, 3, 16, 32), (1, 1), ((1, 1), (1, 1)), 2),
     "depthwise 3x3": ((2, 4, 4, 6), (3, 3, 1, 6), (1, 1), ((1, 1), (1, 1)), 6),
     "depthwise 3x3 on 1x1": ((2, 1, 1, 6), (3, 3, 1, 6), (1, 1), ((1, 1), (1, 1)), 6),
     "depthwise 5x5 s2 keras pad": ((2, 8, 8, 6), (5, 5, 1, 6), (2, 2), ((1, 2), (1, 2)), 6),
@@ -115,6 +117,17 @@ SLOW_ON_CPU = {
     # ResNeXt-50's grouped 3x3 at 64 px: kernel gradient 0.6 -> 102.
     "grouped 3x3 on 2x2": ((32, 2, 2, 2048), (3, 3, 64, 2048), (1, 1), ((1, 1), (1, 1)), 32,
                            conv.Route.all("im2col")),
+    # ResNeXt-50's grouped 3x3 with 4 channels a group at 64 px: forward 17 -> 2.1 ms alone
+    # (im2col -> the broadcast shifted sum; PyTorch 1.3); at 224 px its patches pass
+    # MAX_PATCH_BYTES and the gradients take the batch in slices (forward and both gradients
+    # 380 -> 328 ms alone). With 16 channels a group im2col stays (2.3 ms; broadcast 25).
+    "grouped 3x3, 4 a group": ((32, 16, 16, 128), (3, 3, 4, 128), (1, 1), ((1, 1), (1, 1)), 32,
+                               conv.Route("shifted", "im2col", "im2col")),
+    "grouped 3x3, 4 a group at 224 px": ((32, 56, 56, 128), (3, 3, 4, 128), (1, 1),
+                                         ((1, 1), (1, 1)), 32,
+                                         conv.Route("shifted", "im2col", "im2col")),
+    "grouped 3x3, 16 a group": ((32, 4, 4, 512), (3, 3, 16, 512), (1, 1), ((1, 1), (1, 1)), 32,
+                                conv.Route.all("im2col")),
     # MobileNetV2's depthwise 3x3: every pass 10-100x.
     "depthwise 3x3": ((32, 16, 16, 96), (3, 3, 1, 96), (1, 1), ((1, 1), (1, 1)), 96,
                       conv.Route.all("shifted")),
