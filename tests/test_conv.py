@@ -120,7 +120,7 @@ SLOW_ON_CPU = {
     # ResNeXt-50's grouped 3x3 with 4 channels a group at 64 px: forward 17 -> 2.1 ms alone
     # (im2col -> the broadcast shifted sum; PyTorch 1.3); at 224 px its patches pass
     # MAX_PATCH_BYTES and the gradients take the batch in slices (forward and both gradients
-    # 380 -> 328 ms alone). With 16 channels a group im2col stays (2.3 ms; broadcast 25).
+    # 380 -> 328 ms alone). With 16 channels a group im2col stays (2.3 ms; broadcast 27).
     "grouped 3x3, 4 a group": ((32, 16, 16, 128), (3, 3, 4, 128), (1, 1), ((1, 1), (1, 1)), 32,
                                conv.Route("shifted", "im2col", "im2col")),
     "grouped 3x3, 4 a group at 224 px": ((32, 56, 56, 128), (3, 3, 4, 128), (1, 1),
