@@ -219,6 +219,7 @@ group's outputs (ResNeXt-50's first two stages: 4 and 8 channels a group; forwar
 times faster than im2col alone, batch 32, 2026-12-03). From 16 channels a group on it ran 6-13
 times slower than im2col."""
 
+
 def shifted_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> jax.Array:
     kernel = w.reshape(s.taps, s.group_in, s.out_channels)
     g, cg, og = s.groups, s.group_in, s.out_channels // s.groups
