@@ -59,7 +59,8 @@ def test_markdown_shows_ratios_and_what_failed():
     side = {"train": {"images_per_sec": 50.0, "compile_s": 2.0},
             "inference": {"images_per_sec": 200.0}}
     report = {"arch": "resnet18", "image_size": 64, "batch_size": 32, "dtype": "float32",
-              "backend": "cpu", "device": "cpu", "jax": "0", "train_step_memory_gib": 0.5,
+              "backend": "cpu", "device": "cpu", "cpu": "Test CPU, AVX2", "jax": "0",
+              "train_step_memory_gib": 0.5,
               "train": {"images_per_sec": 100.0, "compile_s": 3.0},
               "inference": {"images_per_sec": 100.0},
               "torch": {"eager": side, "compile": {"error": "RuntimeError: no compiler"}},
@@ -69,6 +70,26 @@ def test_markdown_shows_ratios_and_what_failed():
     assert "| `resnet18` | 64 | 100 | 100 | 50 | 2.00x | 200 | 0.50x | — | — | — | — |" in table
     assert "| `zfnet` | 64 | skipped: past the budget |" in table
     assert "resnet18 torch compile: RuntimeError: no compiler" in table
+    assert "cores, Test CPU, AVX2)" in table
+
+
+@pytest.mark.parametrize("lines, expected", [
+    (["model name\t: AMD EPYC 9B14", "flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw"],
+     "AMD EPYC 9B14, AVX-512"),
+    (["model name\t: AMD EPYC", "flags\t\t: fpu sse2 avx avx2 fma", "model name\t: AMD EPYC",
+      "flags\t\t: fpu sse2 avx avx2 fma"], "AMD EPYC, AVX2"),
+    (["processor\t: 0", "Features\t: fp asimd evtstrm aes sve"], None),
+])
+def test_the_machine_is_named_with_its_widest_vector_extension(tmp_path, lines, expected):
+    # XLA's CPU kernels run several times faster with AVX-512 than with AVX2 alone, so the
+    # benchmarks' footnotes say which one the figures were measured with.
+    info = tmp_path / "cpuinfo"
+    info.write_text("\n".join(lines) + "\n")
+    found = timing.cpu_description(str(info))
+    if expected is None:  # an Arm cpuinfo names no model: the machine type stands in for it
+        assert found.endswith(", SVE") and found != ", SVE"
+    else:
+        assert found == expected
 
 
 def test_time_interleaved_takes_the_sides_in_turn():

@@ -33,14 +33,13 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import sys
 import time
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from train.timing import usable_cores  # noqa: E402
+from train.timing import cpu_description, usable_cores  # noqa: E402
 
 START, END = "<!-- applications-table:start -->", "<!-- applications-table:end -->"
 KERAS_BATCHES = 30
@@ -124,20 +123,9 @@ def device_label() -> str:
 
     device = jax.devices()[0]
     if jax.default_backend() == "cpu":
-        cpu = _cpu_model() or platform.processor() or platform.machine()
-        return f"CPU: {usable_cores()} cores, {cpu}"
+        return f"CPU: {usable_cores()} cores, {cpu_description()}"
     return f"{jax.default_backend().upper()}: {device.device_kind}"
 
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from jaxcnn.conv import FORMULATIONS  # noqa: E402
 from train.configs.default import DTYPES, OPTIMIZERS, PARALLEL, Config  # noqa: E402
 from train.data import DatasetInfo  # noqa: E402
 from train.timing import (  # noqa: E402
-    Runner, peak_rss_bytes, time_interleaved, usable_cores,
+    Runner, cpu_description, peak_rss_bytes, time_interleaved, usable_cores,
 )
 
 COMPARE_SETTINGS = {"ema_decay": 0.0, "label_smoothing": 0.0, "aux_weight": 0.0}
@@ -170,6 +170,7 @@ def prepare(arch: str, *, batch_size: int, image_size: int | None = None, dtype:
         "num_classes": num_classes, "dtype": c.dtype, "optimizer": c.optimizer,
         "parallel": c.parallel, "params": params, "backend": jax.default_backend(),
         "device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
+        "cpu": cpu_description(),
         "jax": jax.__version__, "malloc": allocator.malloc_setting(),
     }
 
@@ -537,7 +538,7 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
     first = next((r for r in reports if "train" in r), {})
     lines += ["", f"images/s, batch {first.get('batch_size')}, {first.get('dtype')}, "
                   f"{first.get('backend')} ({first.get('device')}, "
-                  f"{usable_cores()} cores, {platform.machine()}), "
+                  f"{usable_cores()} cores, {first.get('cpu') or platform.machine()}), "
                   f"jax {first.get('jax')}, malloc {first.get('malloc')}; "
                   f"ratio = jaxcnn / the column before it (above 1: jaxcnn faster)"
                   + ("; 'xla conv': jaxcnn with XLA's convolution and max pooling everywhere "

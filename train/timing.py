@@ -67,6 +67,33 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+# The widest vector extension, by the flag /proc/cpuinfo lists for it (x86 "flags", Arm
+# "Features"): XLA's CPU kernels run several times faster with AVX-512 than with AVX2 alone.
+_VECTOR_FLAGS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sve", "SVE"),
+                 ("asimd", "NEON"))
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The processor as benchmarks name it: ``"AMD EPYC, AVX2"`` (model and widest vector
+    extension, from /proc/cpuinfo where there is one), else ``platform.processor()`` or the
+    machine type."""
+    model, flags = None, set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    vector = next((name for flag, name in _VECTOR_FLAGS if flag in flags), None)
+    return f"{model}, {vector}" if vector else model
+
+
 def peak_rss_bytes() -> int:
     """The process's peak resident memory (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
