@@ -11,15 +11,35 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
-# Importing torchvision (which loads triton) after TensorFlow crashes the process with a
-# segmentation fault; the other order is fine. Each test worker therefore loads the reference
-# frameworks first, when they are installed.
-try:
-    import torch  # noqa: F401
-    import torchvision  # noqa: F401
-    import timm  # noqa: F401
-except ImportError:
-    pass
+
+
+def pytest_configure(config):
+    """Importing torchvision (which loads triton) after TensorFlow crashes the process with a
+    segmentation fault; the other order is fine. Each test worker therefore loads the reference
+    frameworks first, when they are installed, unless the run leaves the parity tests out (the
+    fast subset, ``-m "not slow and not parity"``): then no test imports them, and not
+    importing them saves each worker about 8 seconds."""
+    if "not parity" in (config.option.markexpr or ""):
+        return
+    try:
+        import timm  # noqa: F401
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError:
+        pass
+
+
+# Deeper versions of a class that a shallower registered variant already runs for real (same
+# blocks, more of them). The checks that build or trace a whole network take them in `make test`
+# only (marked slow): tracing EfficientNet-B7 alone takes longer than running every small
+# network, and the fast subset keeps their shallower siblings.
+DEEPER_SIBLINGS = frozenset({
+    *(f"efficientnet_b{i}" for i in range(1, 8)),
+    *(f"efficientnet_b{i}_keras" for i in range(1, 8)),
+    "resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2",
+    "seresnet101", "seresnet152", "seresnext101_32x4d", "resnet101_keras", "resnet152_keras",
+    "resnet101_v2", "resnet152_v2", "densenet169", "densenet201",
+})
 
 
 # ---------------------------------------------------------------------------------------------

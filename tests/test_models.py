@@ -8,21 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import DEEPER_SIBLINGS
 
 import jaxcnn
 
 ALL = jaxcnn.list_models()
 NUM_CLASSES = 7
-# Deeper versions of a class that a shallower registered variant already runs for real (same
-# blocks, more of them): they are checked through shapes only, which keeps the suite inside its
-# time budget (compiling EfficientNet-B7 alone takes longer than running every small network).
-DEEPER_SIBLINGS = {
-    *(f"efficientnet_b{i}" for i in range(1, 8)),
-    *(f"efficientnet_b{i}_keras" for i in range(1, 8)),
-    "resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2",
-    "seresnet101", "seresnet152", "seresnext101_32x4d", "resnet101_keras", "resnet152_keras",
-    "resnet101_v2", "resnet152_v2", "densenet169", "densenet201",
-}
+# Deeper siblings (conftest.DEEPER_SIBLINGS) are checked through shapes only, which keeps the
+# suite inside its time budget.
 EXECUTED = [name for name in ALL if name not in DEEPER_SIBLINGS]
 # The edit-test loop (-m "not slow") runs the checks that build a network on small networks, one
 # of each kind of layer stack (plain, NIN, fire modules, spatial transformer, what-where,

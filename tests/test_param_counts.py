@@ -9,6 +9,7 @@ BatchNorm moving statistics, + 7 numbers of the Normalization layer in Keras' Ef
 import functools
 
 import pytest
+from conftest import DEEPER_SIBLINGS
 
 import jaxcnn
 
@@ -170,14 +171,22 @@ def _id(row):
     return f"{name}[{extra}]-{convention}" if extra else f"{name}-{convention}"
 
 
-@pytest.mark.parametrize("row", PUBLISHED, ids=[_id(r) for r in PUBLISHED])
+def _cases(rows, ids, unpack):
+    """One case a row, the deeper siblings' marked slow (tracing EfficientNet-B7 takes
+    seconds): the fast subset counts their shallower siblings."""
+    return [pytest.param(*(row if unpack else (row,)), id=i,
+                         marks=pytest.mark.slow if row[0] in DEEPER_SIBLINGS else ())
+            for row, i in zip(rows, ids)]
+
+
+@pytest.mark.parametrize("row", _cases(PUBLISHED, map(_id, PUBLISHED), unpack=False))
 def test_parameter_count_matches_published(row):
     name, overrides, figure, convention, source = row
     got = jaxcnn.count_params(_shapes(name, tuple(sorted(overrides.items()))), convention)
     assert got == figure, f"{name} {overrides}: {got:,} != {figure:,} ({convention}, {source})"
 
 
-@pytest.mark.parametrize("name,size,gmacs", TV_OPS, ids=[r[0] for r in TV_OPS])
+@pytest.mark.parametrize("name,size,gmacs", _cases(TV_OPS, [r[0] for r in TV_OPS], unpack=True))
 def test_macs_match_torchvision_ops(name, size, gmacs):
     model = jaxcnn.create_model(name)
     got = jaxcnn.macs(model, (1, size, size, 3))

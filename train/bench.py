@@ -582,10 +582,12 @@ def _release() -> None:
     import jax
 
     jax.clear_caches()
-    with contextlib.suppress(Exception):
-        import torch._dynamo
-
-        torch._dynamo.reset()
+    # Only where a row compiled with torch.compile: importing torch here would load triton
+    # after TensorFlow, which crashes the process, and costs seconds for nothing.
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:
+        with contextlib.suppress(Exception):
+            dynamo.reset()
     gc.collect()
 
 
