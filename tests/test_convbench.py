@@ -1,7 +1,10 @@
 """The convolution survey: shapes collected from the networks, classed, timed, summarised."""
 
+import dataclasses
+
 import pytest
 
+from jaxcnn import conv
 from train import convbench
 
 
@@ -25,3 +28,36 @@ def test_a_timed_shape_reports_every_formulation_and_a_summary_without_typical_s
 def test_summary_only_without_a_survey_says_what_to_run(tmp_path, capsys):
     assert convbench.main(["--summary-only", "--output", str(tmp_path / "none.json")]) == 2
     assert "run the survey with --output first" in capsys.readouterr().err
+
+
+def _row(key, ms):
+    """A survey row of ``key`` with the given milliseconds of each formulation (same for all
+    three passes)."""
+    gflop = key.shape(32).flops / 1e9
+    return {"class": convbench.shape_class(key), "shape": dataclasses.asdict(key), "batch": 32,
+            "gflop": gflop, "formulations": {
+                name: {f"{p}_{unit}": (t if unit == "ms" else gflop / t * 1e3)
+                       for p in convbench.PASSES for unit in ("ms", "gflops")}
+                for name, t in ms.items()}}
+
+
+def test_the_summary_lists_routed_passes_slower_than_xla_on_the_surveyed_machine():
+    # A 1x1 convolution is routed through im2col in every pass; a 3x3 on a 16x16 map at
+    # stride 1 stays with XLA. Timings made up: im2col twice as slow as XLA on the 1x1.
+    one = convbench.ConvKey(16, 16, 64, 1, 1, 256, (1, 1), ((0, 0), (0, 0)), 1)
+    three = convbench.ConvKey(16, 16, 64, 3, 3, 64, (1, 1), ((1, 1), (1, 1)), 1)
+    assert set(dataclasses.astuple(conv.choose(one.shape(32), "cpu"))) == {"im2col"}
+    assert set(dataclasses.astuple(conv.choose(three.shape(32), "cpu"))) == {"xla"}
+    rows = [_row(one, {"xla": 1.0, "im2col": 2.0, "shifted": 3.0}),
+            _row(three, {"xla": 5.0, "im2col": 1.0, "shifted": 1.0})]
+    summary = convbench.summarise(rows)
+    assert summary["routed_passes"] == 3  # the 1x1's three passes; the 3x3 is not routed
+    assert [e["pass"] for e in summary["routed_slower"]] == list(convbench.PASSES)
+    assert summary["total_xla_ms"] == 3 * 1.0 + 3 * 5.0
+    assert summary["total_routed_ms"] == 3 * 2.0 + 3 * 5.0
+    table = convbench.format_table(summary)
+    assert "more than 1.2x slower than XLA's on the same shape: 3 of 3:" in table
+    assert "16x16x64 -> 256, kernel grad: im2col 2.00 ms, XLA 1.00 ms" in table
+
+    rows[0] = _row(one, {"xla": 2.0, "im2col": 1.0, "shifted": 3.0})
+    assert convbench.summarise(rows)["routed_slower"] == []

@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import jaxcnn  # noqa: E402
 from jaxcnn import conv  # noqa: E402
 from train.bench import sweep_rows  # noqa: E402
+from train.timing import cpu_description  # noqa: E402
 
 DEFAULT_SIZES = (32, 64, 224)
 MAX_PATCH_BYTES = 1 << 29  # im2col's stacked patches beyond this are not tried
@@ -251,7 +252,35 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
         entry["slow"], entry["slow_routed"] = below_half("xla"), below_half("auto")
         classes[cls] = entry
-    return {"typical_xla_forward_gflops": typical, "classes": classes}
+    return {"typical_xla_forward_gflops": typical, "classes": classes, **_routing_check(rows)}
+
+
+ROUTED_SLOWER = 1.2
+"""A routed pass that takes more than this times XLA's on the same shape is listed by the
+summary: a rule made on one machine that does not hold on the one surveyed."""
+
+
+def _routing_check(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every pass routed away from XLA today against XLA's time on the same shape; the
+    survey's total time with XLA everywhere and with today's routing."""
+    routed, slower, xla_ms, auto_ms = 0, [], 0.0, 0.0
+    for r in rows:
+        for pass_ in PASSES:
+            name = _auto(r, pass_)
+            x, y = (r["formulations"][f][f"{pass_}_ms"] for f in ("xla", name))
+            xla_ms, auto_ms = xla_ms + x, auto_ms + y
+            if name == "xla":
+                continue
+            routed += 1
+            if y > ROUTED_SLOWER * x:
+                sh = r["shape"]
+                slower.append({"class": r["class"], "pass": pass_, "formulation": name,
+                               "xla_ms": x, "routed_ms": y,
+                               "shape": f"{sh['height']}x{sh['width']}x{sh['in_channels']}"
+                                        f" -> {sh['out_channels']}"})
+    return {"routed_passes": routed, "routed_slower": sorted(
+                slower, key=lambda e: e["routed_ms"] - e["xla_ms"], reverse=True),
+            "total_xla_ms": xla_ms, "total_routed_ms": auto_ms}
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -270,6 +299,16 @@ def format_table(summary: dict[str, Any]) -> str:
                  for p in PASSES]
         fastest = " / ".join(",".join(f"{n}:{c}" for n, c in e[f"{p}_fastest"]) for p in PASSES)
         lines.append(f"| {cls}{flag} | {e['shapes']} | " + " | ".join(cells) + f" | {fastest} |")
+    if "routed_passes" in summary:
+        slower = summary["routed_slower"]
+        lines += ["", f"Every timed pass once, XLA everywhere: {summary['total_xla_ms'] / 1e3:,.1f}"
+                      f" s; with jaxcnn.conv's choice: {summary['total_routed_ms'] / 1e3:,.1f} s. "
+                      f"Routed passes more than {ROUTED_SLOWER}x slower than XLA's on the same "
+                      f"shape: {len(slower)} of {summary['routed_passes']}" + (":" if slower else
+                                                                                 ".")]
+        lines += [f"- {e['class']} {e['shape']}, {e['pass'].replace('_', ' ')}: "
+                  f"{e['formulation']} {e['routed_ms']:.2f} ms, XLA {e['xla_ms']:.2f} ms"
+                  for e in slower]
     return "\n".join(lines)
 
 
@@ -310,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
                   "does not exist (run the survey with --output first).", file=sys.stderr)
             return 2
         with open(args.output) as f:
-            print(format_table(summarise(json.load(f)["shapes"])))
+            survey = json.load(f)
+        print(f"Surveyed on {survey.get('cpu', 'an unnamed CPU')}, {survey.get('cpu_count')} "
+              f"cores, jax {survey.get('jax')}: {len(survey['shapes'])} shapes.\n")
+        print(format_table(summarise(survey["shapes"])))
         return 0
 
     names = sorted({n for pattern in args.arch for n in jaxcnn.list_models(pattern)})
@@ -336,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         keys = [k for k in keys if any(word in shape_class(k) for word in args.only)]
     done = {json.dumps(r["shape"], sort_keys=True): r for r in previous.get("shapes", [])}
     report = {"jax": jax.__version__, "backend": jax.default_backend(),
-              "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
+              "device": jax.devices()[0].device_kind, "cpu": cpu_description(),
+              "cpu_count": os.cpu_count(),
               "batch": args.batch_size, "sizes": args.sizes,
               "collected": [[dataclasses.asdict(k), nets] for k, nets in found.items()]}
     rows = []
