@@ -57,6 +57,11 @@ PARITY_SIZE = {("vgg16", "keras"): 224, ("vgg19", "keras"): 224}
 # values amplifies rounding (torch's own float32 differs from float64 by 19% there).
 PARITY_SIZE.update({("inception_v3", "torchvision"): 139, ("inception_v3", "timm"): 139,
                     ("inception_v3_keras", "keras"): 139})
+# At 139 px its last grid is 3x3, and with 2 images the train-mode BatchNorms there still
+# average 18 values: our float32 was 1.1e-4 from the float64 reference on a 2-core AVX2
+# machine (8e-7 in eval mode), against 5e-5 for torch's own float32. Four images halve that
+# amplification, as for the conditioned networks.
+PARITY_BATCH = {"inception_v3": 4, "inception_v3_keras": 4, **{n: 4 for n in CONDITIONED}}
 
 
 def _size(name, conv):
@@ -222,7 +227,7 @@ def test_converted_weights_match_reference(name, conv):
     model = jaxcnn.create_model(name, num_classes=NUM_CLASSES)
     size, conditioned = _size(name, conv), name in CONDITIONED
     pixels = getattr(model, "input_normalization", False)
-    x = _images(1, 4 if conditioned else 2, size, pixels)
+    x = _images(1, PARITY_BATCH.get(name, 2), size, pixels)
     calibration = _images(2, CALIBRATION_BATCH, size, pixels) if conditioned else None
     if conv.source == "keras":
         pytest.importorskip("keras")
