@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import os
 from typing import Any, Callable, Iterator, Sequence
 
@@ -294,6 +295,41 @@ SMALL_STRIDED_MAP = 16 * 16
 patches are then small (about taps / stride^2 times the input) and XLA's strided convolution
 runs at a third to a half of its usual throughput there, its input gradient at 1/300 on some."""
 
+def read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str | None, frozenset[str]]:
+    """The first processor's model name and feature flags (x86 ``flags``, Arm ``Features``)
+    from ``path``; ``(None, frozenset())`` where there is no such file (macOS, Windows)."""
+    model, flags = None, frozenset()
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = frozenset(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+@functools.cache
+def _host_has_avx512() -> bool:
+    return "avx512f" in read_cpuinfo()[1]
+
+
+def stem_kernel_grad_map() -> int:
+    """Stems (4 input channels or fewer) onto output maps of at least this many pixels take
+    their kernel gradient through im2col: 64x64 where the CPU has AVX-512, 32x32 where it has
+    AVX2 alone. XLA's kernel gradient of ResNet's 7x7 stem at 224 px took 323 ms of a 2.6-s
+    step on an AVX-512 machine (im2col's 111 ms alone), while onto 32x32 maps it ran as fast
+    as im2col there; on a 2-core AVX2 machine it took 79 ms against im2col's 45 ms onto
+    ResNet's 32x32 map at 64 px (batch 32), and ResNet-18's train step at 64 px went from
+    48.9 to 59.1 images/s with im2col's (ResNet-50's 25.9 -> 27.4; in-process A/B,
+    2026-12-03)."""
+    return 64 * 64 if _host_has_avx512() else 32 * 32
+
+
 LARGE_MAP = 56 * 56
 """Convolutions onto output maps of at least this many pixels (ResNet's first stage at 224 px
 and larger) take their kernel gradient through im2col: XLA's transposes its operands first and
@@ -325,8 +361,9 @@ def choose(s: Shape, backend: str) -> Route:
       its input in a loop fusion first: 114 ms of ResNet-18's step at 224 px for one of them);
     * the kernel gradient of convolutions onto large maps (:data:`LARGE_MAP`) with 64 output
       channels or more (DenseNet's 3x3 onto 32 channels: 163 ms XLA, 196 im2col for the
-      forward and both gradients), and of the stems onto 64x64 maps and larger: im2col, the
-      batch in slices where the patches would be too large. XLA's
+      forward and both gradients), and of the stems onto maps of
+      :func:`stem_kernel_grad_map` pixels and more (64x64 with AVX-512, 32x32 with AVX2
+      alone): im2col, the batch in slices where the patches would be too large. XLA's
       kernel gradient of ResNet's 7x7 stem at 224 px took 323 ms of a 2.6-s step, im2col's
       111 ms alone.
 
@@ -357,7 +394,8 @@ def choose(s: Shape, backend: str) -> Route:
         return Route.all("im2col")
     pixels = s.out_h * s.out_w
     if s.in_channels <= 4:  # a stem: XLA is the fastest forward on its few input channels
-        return Route("xla", "xla", "im2col") if fits and pixels >= 64 * 64 else XLA
+        return Route("xla", "xla", "im2col") if fits and pixels >= stem_kernel_grad_map() \
+            else XLA
     if fits and max(s.strides) > 1:
         return Route.all("im2col") if pixels <= SMALL_STRIDED_MAP else Route("xla", "im2col",
                                                                                "im2col")

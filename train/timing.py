@@ -77,18 +77,9 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The processor as benchmarks name it: ``"AMD EPYC, AVX2"`` (model and widest vector
     extension, from /proc/cpuinfo where there is one), else ``platform.processor()`` or the
     machine type."""
-    model, flags = None, set()
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model is None:
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
+    from jaxcnn.conv import read_cpuinfo
+
+    model, flags = read_cpuinfo(cpuinfo)
     model = model or platform.processor() or platform.machine()
     vector = next((name for flag, name in _VECTOR_FLAGS if flag in flags), None)
     return f"{model}, {vector}" if vector else model
