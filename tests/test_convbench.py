@@ -28,6 +28,11 @@ def test_a_timed_shape_reports_every_formulation_and_a_summary_without_typical_s
 def test_summary_only_without_a_survey_says_what_to_run(tmp_path, capsys):
     assert convbench.main(["--summary-only", "--output", str(tmp_path / "none.json")]) == 2
     assert "run the survey with --output first" in capsys.readouterr().err
+    other = tmp_path / "notes.json"
+    for text in ("not json", '{"results": []}'):
+        other.write_text(text)
+        assert convbench.main(["--summary-only", "--output", str(other)]) == 2
+        assert "is not a survey written by python -m train.convbench" in capsys.readouterr().err
 
 
 def _row(key, ms):

@@ -348,8 +348,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --summary-only reads the survey in --output; {args.output!r} "
                   "does not exist (run the survey with --output first).", file=sys.stderr)
             return 2
-        with open(args.output) as f:
-            survey = json.load(f)
+        try:
+            with open(args.output) as f:
+                survey = json.load(f)
+            survey["shapes"]
+        except (ValueError, KeyError, TypeError) as err:
+            print(f"error: {args.output} is not a survey written by python -m train.convbench "
+                  f"--output ({type(err).__name__}: {err}); run the survey with --output, or "
+                  "pass the JSON it wrote.", file=sys.stderr)
+            return 2
         print(f"Surveyed on {survey.get('cpu', 'an unnamed CPU')}, {survey.get('cpu_count')} "
               f"cores, jax {survey.get('jax')}: {len(survey['shapes'])} shapes.\n")
         print(format_table(summarise(survey["shapes"])))
