@@ -295,6 +295,7 @@ SMALL_STRIDED_MAP = 16 * 16
 patches are then small (about taps / stride^2 times the input) and XLA's strided convolution
 runs at a third to a half of its usual throughput there, its input gradient at 1/300 on some."""
 
+
 def read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str | None, frozenset[str]]:
     """The first processor's model name and feature flags (x86 ``flags``, Arm ``Features``)
     from ``path``; ``(None, frozenset())`` where there is no such file (macOS, Windows)."""

@@ -127,7 +127,6 @@ def device_label() -> str:
     return f"{jax.default_backend().upper()}: {device.device_kind}"
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The table.
 
