@@ -12,7 +12,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 
-
 def pytest_configure(config):
     """Importing torchvision (which loads triton) after TensorFlow crashes the process with a
     segmentation fault; the other order is fine. Each test worker therefore loads the reference
