@@ -244,11 +244,20 @@ def test_converted_weights_match_reference(name, conv):
     def both(v, x):
         eval_out = model.apply(v, x, train=False)
         with nn.intercept_methods(_no_dropout):
-            train_out, _ = model.apply(v, x, train=True, mutable=["batch_stats"],
-                                       rngs={"dropout": jax.random.key(0)})
-        return eval_out, train_out
+            train_out, updates = model.apply(v, x, train=True, mutable=["batch_stats"],
+                                             rngs={"dropout": jax.random.key(0)})
+        return eval_out, train_out, updates
 
-    eval_out, train_out = jax.jit(both)(variables, x)
+    eval_out, train_out, updates = jax.jit(both)(variables, x)
     errors = {"eval": _rel_err(eval_out, ref_eval), "train": _rel_err(train_out, ref_train)}
     print(f"{name} <- {conv.source}:{conv.reference} max relative error {errors}")
     assert errors["eval"] < TOLERANCE and errors["train"] < TOLERANCE, errors
+    # The train step's BatchNorm state: the same tree, moved by this batch (test_models runs
+    # the converted networks in the edit-test loop only and leaves this check to here).
+    stats = variables.get("batch_stats")
+    if stats:
+        assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(stats)
+        assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(stats),
+                                                         jax.tree.leaves(updates["batch_stats"])))
+    else:
+        assert not updates.get("batch_stats")
