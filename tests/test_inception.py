@@ -141,6 +141,7 @@ def test_inception_v3_aux_head_matches_torchvision():
     _compare(ours, theirs, rename, 299, aux=(("aux1", 1),), atol=5e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["googlenet", "googlenet_paper", "inception_v3"])
 def test_aux_heads_are_sown_in_train_mode_only(name):
     model = jaxcnn.create_model(name, num_classes=5, aux_logits=True)
@@ -183,6 +184,7 @@ def _smallest_feature_map(model, size):
     ("googlenet", True, 15), ("googlenet_paper", False, 31), ("googlenet_paper", True, 47),
     ("inception_v3", False, 75), ("inception_v3", True, 299), ("densenet121", False, 29),
 ])
+@pytest.mark.slow
 def test_min_size_is_tight(name, aux, size, monkeypatch):
     """At min_size every stage keeps a pixel; one pixel less empties one (the check aside)."""
     model = jaxcnn.create_model(name, num_classes=3, **({"aux_logits": True} if aux else {}))

@@ -146,6 +146,7 @@ def test_stn_mnist_parts_match_the_tutorial():
     assert params["stn"]["localization"]["fc"]["kernel"].shape == (90, 32)
 
 
+@pytest.mark.slow
 def test_stn_mnist_runs_and_trains_the_localizer():
     model = jaxcnn.create_model("stn_mnist")
     x = jax.random.normal(jax.random.key(5), (2, 28, 28, 1))

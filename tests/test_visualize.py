@@ -26,7 +26,8 @@ from jaxcnn import visualize as vz
 def lenet():
     model = jaxcnn.create_model("lenet5")
     x = jax.random.normal(jax.random.key(0), (3, 32, 32, 1))
-    return model, model.init(jax.random.key(1), x, train=False), x
+    # One compiled init: op by op, each initialiser compiles on its own (seconds).
+    return model, jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x), x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +294,7 @@ def test_receptive_fields_follow_the_layer_geometry(lenet):
     np.testing.assert_array_equal(boxes, [[0, 0, 4, 6], [7, 7, 14, 14], [27, 27, 32, 32]])
 
 
+@pytest.mark.slow
 def test_projections_and_patches_of_top_activations(lenet):
     model, variables, x = lenet
     top = vz.top_activations(model, variables, [np.asarray(x)], "conv2", k=2, channels=[1, 2])

@@ -123,6 +123,7 @@ def _labels_and_images(n=4, size=12):
     return labels, images
 
 
+@pytest.mark.slow
 def test_a_gradient_step_lowers_the_reconstruction_loss():
     model = WhatWhereAutoencoder()
     labels, images = _labels_and_images()
@@ -200,6 +201,7 @@ def test_soft_pooling_becomes_the_hard_switches_as_beta_grows():
     np.testing.assert_allclose(soft_unpooled, hard_unpooled, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_soft_variant_passes_gradients_to_every_value_of_a_window():
     model = jaxcnn.create_model("whatwhere_mnist_soft")
     assert model.soft_pool_beta is not None
