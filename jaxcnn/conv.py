@@ -479,7 +479,7 @@ class Conv(nn.Conv):
         if self.is_initializing():
             # ``init`` keeps the parameters, whose shapes do not depend on how the convolution
             # is computed: XLA's own convolution traces and compiles fastest (SENet-154's
-            # ``init_shapes`` took 14 s through the CPU's formulations).
+            # ``init_shapes``: about 8 s through the CPU's formulations, 3.6 s without).
             with policy("xla"):
                 return super().__call__(inputs)
         return super().__call__(inputs)

@@ -41,6 +41,20 @@ DEEPER_SIBLINGS = frozenset({
 })
 
 
+def assert_batch_stats_moved(stats, updates):
+    """A train-mode pass returns the BatchNorm state as the same tree, moved by the batch; a
+    network without BatchNorm returns none."""
+    import jax
+    import numpy as np
+
+    if stats:
+        assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(stats)
+        assert any(not np.allclose(a, b) for a, b in zip(
+            jax.tree.leaves(stats), jax.tree.leaves(updates["batch_stats"]))), "stats did not change"
+    else:
+        assert not updates.get("batch_stats")
+
+
 # ---------------------------------------------------------------------------------------------
 # Shared by the tests that compare converted weights with a reference implementation.
 

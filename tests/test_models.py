@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import DEEPER_SIBLINGS
+from conftest import DEEPER_SIBLINGS, assert_batch_stats_moved
 
 import jaxcnn
 from jaxcnn import conv, convert
@@ -136,15 +136,7 @@ def test_runs_in_train_and_eval_mode(name):
         assert np.all(np.isfinite(np.asarray(logits)))
 
     # BatchNorm statistics move in train mode, and only there: eval needs no mutable state.
-    stats = variables.get("batch_stats")
-    if stats:
-        structure = jax.tree_util.tree_structure
-        assert structure(updates["batch_stats"]) == structure(stats)
-        before = jax.tree_util.tree_leaves(stats)
-        after = jax.tree_util.tree_leaves(updates["batch_stats"])
-        assert any(not np.allclose(a, b) for a, b in zip(before, after)), "stats did not change"
-    else:
-        assert not updates.get("batch_stats")
+    assert_batch_stats_moved(variables.get("batch_stats"), updates)
 
 
 @pytest.mark.parametrize("name", _cases(ALL))
