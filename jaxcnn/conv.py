@@ -331,6 +331,22 @@ def stem_kernel_grad_map() -> int:
     return 64 * 64 if _host_has_avx512() else 32 * 32
 
 
+def dense_kernel_grad_flops() -> int | None:
+    """Without AVX-512, dense convolutions at stride 1 of at least this many FLOPs an image
+    take their kernel gradient through im2col on any map (None: only the rules below). On a
+    2-core AVX2 machine XLA's kernel gradient ran at a third to a half of its forward pass's
+    rate (GoogLeNet's 3x3 onto 16x16x192 at 64 px: forward 32 ms, kernel gradient 54 ms,
+    batch 32); input and kernel gradient together, XLA against im2col's kernel gradient:
+    16x16x64 -> 192 77 -> 55 ms, 32x32x64 -> 128 941 -> 160, 8x8x256 -> 256 72 -> 56,
+    4x4x512 -> 512 69 -> 60, and below 10 MFLOP an image 2-4 ms either way, im2col's up to
+    1 ms slower (2026-12-04). Train steps at 64 px, in-process A/B: GoogLeNet 57.5 -> 69.6
+    images/s, ResNet-18 57.9 -> 65.5, VGG-16 5.6 -> 8.2, Inception v3 (75 px) 37.0 -> 56.4.
+    Onto fewer than 64 channels (DenseNet's 3x3 onto 32) it stays with XLA, as on large maps:
+    DenseNet-121's step went 36.5 -> 34.2 with it, inside the noise. The AVX-512 machine's
+    survey found XLA's kernel gradient as fast as im2col's on these maps."""
+    return None if _host_has_avx512() else 10_000_000
+
+
 LARGE_MAP = 56 * 56
 """Convolutions onto output maps of at least this many pixels (ResNet's first stage at 224 px
 and larger) take their kernel gradient through im2col: XLA's transposes its operands first and
@@ -366,7 +382,8 @@ def choose(s: Shape, backend: str) -> Route:
       :func:`stem_kernel_grad_map` pixels and more (64x64 with AVX-512, 32x32 with AVX2
       alone): im2col, the batch in slices where the patches would be too large. XLA's
       kernel gradient of ResNet's 7x7 stem at 224 px took 323 ms of a 2.6-s step, im2col's
-      111 ms alone.
+      111 ms alone. Without AVX-512, the kernel gradient of every such convolution onto 64
+      channels or more of :func:`dense_kernel_grad_flops` FLOPs an image, on any map, too.
 
     The last two rules come from profiles of whole train steps at 224 px rather than from the
     survey, and were kept because whole steps got faster (README, Speed).
@@ -376,8 +393,9 @@ def choose(s: Shape, backend: str) -> Route:
     faster alone; VGG-16's train step at 64 px 0.63x with it) and for the forward pass of
     grey-level stems (2-5x alone; LeNet-5 0.85x train, 0.69x inference with it).
 
-    Everything else (the stems' forward pass, 3x3 and larger kernels at stride 1 onto maps
-    below :data:`LARGE_MAP` or onto fewer than 64 channels) stays with XLA.
+    Everything else (the stems' forward pass, the forward pass and input gradient of 3x3 and
+    larger kernels at stride 1, their kernel gradient onto fewer than 64 channels and, with
+    AVX-512, onto maps below :data:`LARGE_MAP`) stays with XLA.
     """
     if backend != "cpu":
         return XLA
@@ -400,7 +418,9 @@ def choose(s: Shape, backend: str) -> Route:
     if fits and max(s.strides) > 1:
         return Route.all("im2col") if pixels <= SMALL_STRIDED_MAP else Route("xla", "im2col",
                                                                                "im2col")
-    if pixels >= LARGE_MAP and s.out_channels >= 64 and s.batch_chunks is not None:
+    floor = dense_kernel_grad_flops()
+    if s.out_channels >= 64 and s.batch_chunks is not None and (
+            pixels >= LARGE_MAP or (floor is not None and s.flops >= floor * s.batch)):
         return Route("xla", "xla", "im2col")
     return XLA
 
