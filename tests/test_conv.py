@@ -110,6 +110,38 @@ def test_accelerators_keep_xla_convolution():
     assert conv.choose(shape, "gpu") == conv.choose(shape, "tpu") == conv.XLA
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_jit_compiles_convolutions_with_xlas_own_kernel_on_the_cpu():
+    """conv.jit compiles with CPU_COMPILER_OPTIONS: a 3x3 convolution onto 64 channels (which
+    YNNPACK, where XLA hands it over by default, runs on one thread) is not handed to YNNPACK,
+    the matrix product still is, and the numbers are those of the default compilation. Under
+    policy("xla") (jaxcnn before its routing) XLA's defaults stay."""
+    if not conv._accepts_cpu_options():
+        pytest.skip("this jaxlib has no xla_cpu_experimental_ynn_fusion_type")
+    x, w = _arrays((32, 16, 16, 64), (3, 3, 64, 64))
+    m = jnp.asarray(np.random.default_rng(1).standard_normal((64, 8)), jnp.float32)
+
+    def f(x, w, m):
+        y = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=conv.NHWC)
+        return y, y.reshape(-1, 64) @ m
+
+    def ynn_lines(jitted):
+        hlo = jitted.lower(x, w, m).compile().as_text()
+        return [line for line in hlo.splitlines() if "__ynn_fusion" in line]
+
+    if not any("conv_general_dilated" in line for line in ynn_lines(jax.jit(f))):
+        pytest.skip("this XLA keeps the convolution by default: nothing to change")
+    assert conv.compiler_options() == conv.CPU_COMPILER_OPTIONS
+    ours = ynn_lines(conv.jit(f))
+    assert any("dot_general" in line for line in ours), "the product should stay with YNNPACK"
+    assert not any("conv_general_dilated" in line for line in ours), ours
+    for got, want in zip(conv.jit(f)(x, w, m), jax.jit(f)(x, w, m)):  # sums of 576 terms:
+        scale = float(jnp.max(jnp.abs(want)))                         # rounding, not rtol
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+    with conv.policy("xla"):
+        assert conv.compiler_options() is None
+
+
 # The slowest passes of XLA's CPU convolution found by the quiet survey (docs/conv_cpu.md,
 # GFLOP/s at batch 32: XLA -> the routed formulation), each with the route that avoids it.
 SLOW_ON_CPU = {
@@ -385,7 +417,8 @@ def test_every_network_convolves_through_jaxcnn_conv():
 @pytest.mark.slow
 def test_a_network_gives_xlas_numbers_and_gradients_with_the_routing():
     """ResNet-18 at 32x32 ends on 2x2 and 1x1 maps (im2col, every pass): its logits and every
-    parameter gradient of the train step equal those with XLA's convolution everywhere.
+    parameter gradient of the train step, compiled by conv.jit, equal those with XLA's
+    convolution everywhere and XLA's default compilation.
     (Depthwise and grouped routes are checked layer by layer above; whole networks of them
     cost minutes to compile twice on 2 cores.)"""
     import jaxcnn
@@ -402,7 +435,7 @@ def test_a_network_gives_xlas_numbers_and_gradients_with_the_routing():
     results = {}
     for name in ("auto", "xla"):
         with conv.policy(name):
-            results[name] = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+            results[name] = conv.jit(jax.grad(loss, has_aux=True))(variables["params"])
     (g_auto, y_auto), (g_xla, y_xla) = results["auto"], results["xla"]
     np.testing.assert_allclose(y_auto, y_xla, rtol=1e-4, atol=1e-4)
     # Relative to the largest gradient: biases ahead of a BatchNorm have gradients that are

@@ -143,7 +143,7 @@ def prepare(arch: str, *, batch_size: int, image_size: int | None = None, dtype:
     import numpy as np
 
     import jaxcnn
-    from jaxcnn import allocator
+    from jaxcnn import allocator, conv
     from train import train as train_lib
     from train.parallel import make_parallel
 
@@ -197,8 +197,8 @@ def prepare(arch: str, *, batch_size: int, image_size: int | None = None, dtype:
             return setup.model.apply(v, x, train=False)
 
         if c.parallel == "jit":
-            infer = jax.jit(forward, in_shardings=(par.replicated, par.data),
-                            out_shardings=par.data)
+            infer = conv.jit(forward, in_shardings=(par.replicated, par.data),
+                             out_shardings=par.data)
         else:
             infer = jax.pmap(forward, axis_name=par.axis_name)
         images = batch["image"]

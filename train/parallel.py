@@ -25,6 +25,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxcnn import conv
+
 from train.configs.default import Config, ConfigError
 
 
@@ -113,12 +115,12 @@ class JitParallel:
                 for k, v in batch.items()}
 
     def compile_train(self, step_fn: Callable) -> Callable:
-        return jax.jit(step_fn, in_shardings=(self.replicated, self.data),
-                       out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+        return conv.jit(step_fn, in_shardings=(self.replicated, self.data),
+                        out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
 
     def compile_eval(self, eval_fn: Callable) -> Callable:
-        return jax.jit(eval_fn, in_shardings=(self.replicated, self.data),
-                       out_shardings=self.replicated)
+        return conv.jit(eval_fn, in_shardings=(self.replicated, self.data),
+                        out_shardings=self.replicated)
 
     def fetch(self, tree: Any) -> Any:
         """Replicated device values -> NumPy (one copy, the local one)."""

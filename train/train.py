@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 import jaxcnn
+from jaxcnn import conv
 from jaxcnn import convert as convert_lib
 from jaxcnn import features as features_lib
 from jaxcnn import weights as weights_lib
@@ -825,7 +826,7 @@ def _epoch_figures(setup: Setup, plan: Plan, parallel: JitParallel, data: Any, i
     if not is_main or objective.figure is None:
         return None
     folder = os.path.join(c.workdir, objective.figure)
-    apply_fn = jax.jit(setup.model.apply, static_argnames=("train", "mutable"))
+    apply_fn = conv.jit(setup.model.apply, static_argnames=("train", "mutable"))
     images = []
 
     def draw(state: TrainState, epoch: int) -> None:
