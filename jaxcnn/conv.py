@@ -357,50 +357,11 @@ def read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str | None, frozenset[str
     return model, flags
 
 
-@functools.cache
-def _host_has_avx512() -> bool:
-    return "avx512f" in read_cpuinfo()[1]
-
-
-def stem_kernel_grad_map() -> int:
-    """Stems (4 input channels or fewer) onto output maps of at least this many pixels take
-    their kernel gradient through im2col: 64x64 where the CPU has AVX-512, 32x32 where it has
-    AVX2 alone. XLA's kernel gradient of ResNet's 7x7 stem at 224 px took 323 ms of a 2.6-s
-    step on an AVX-512 machine (im2col's 111 ms alone), while onto 32x32 maps it ran as fast
-    as im2col there; on a 2-core AVX2 machine it took 79 ms against im2col's 45 ms onto
-    ResNet's 32x32 map at 64 px (batch 32), and ResNet-18's train step at 64 px went from
-    48.9 to 59.1 images/s with im2col's (ResNet-50's 25.9 -> 27.4; in-process A/B,
-    2026-12-03)."""
-    return 64 * 64 if _host_has_avx512() else 32 * 32
-
-
-def dense_kernel_grad_flops() -> int | None:
-    """Without AVX-512, dense convolutions at stride 1 of at least this many FLOPs an image
-    take their kernel gradient through im2col on any map (None: only the rules below). On a
-    2-core AVX2 machine XLA's kernel gradient ran at a third to a half of its forward pass's
-    rate (GoogLeNet's 3x3 onto 16x16x192 at 64 px: forward 32 ms, kernel gradient 54 ms,
-    batch 32); input and kernel gradient together, XLA against im2col's kernel gradient:
-    16x16x64 -> 192 77 -> 55 ms, 32x32x64 -> 128 941 -> 160, 8x8x256 -> 256 72 -> 56,
-    4x4x512 -> 512 69 -> 60, and below 10 MFLOP an image 2-4 ms either way, im2col's up to
-    1 ms slower (2026-12-04). Train steps at 64 px, in-process A/B: GoogLeNet 57.5 -> 69.6
-    images/s, ResNet-18 57.9 -> 65.5, VGG-16 5.6 -> 8.2, Inception v3 (75 px) 37.0 -> 56.4.
-    Onto fewer than 64 channels (DenseNet's 3x3 onto 32) it stays with XLA, as on large maps:
-    DenseNet-121's step went 36.5 -> 34.2 with it, inside the noise. The AVX-512 machine's
-    survey found XLA's kernel gradient as fast as im2col's on these maps."""
-    return None if _host_has_avx512() else 10_000_000
-
-
-LARGE_MAP = 56 * 56
-"""Convolutions onto output maps of at least this many pixels (ResNet's first stage at 224 px
-and larger) take their kernel gradient through im2col: XLA's transposes its operands first and
-runs at a third of im2col's speed on VGG-16's maps (2,734 against 907 ms for the forward and
-both gradients of its 56x56x256 convolution at batch 32; jax.profiler, 2026-12-03)."""
-
-
 def choose(s: Shape, backend: str) -> Route:
     """The formulation of each pass of ``s`` on ``backend``: XLA's convolution except where
     its CPU convolution is slow. Each rule comes from a quiet survey of every convolution
-    shape class of the zoo (``python -m train.convbench``; docs/conv_cpu.md has the figures):
+    shape class of the zoo (``python -m train.convbench``; docs/conv_cpu.md has the figures)
+    and was checked in whole train steps:
 
     * depthwise convolutions, every pass: the elementwise sum of shifted slices (XLA runs
       them at a few percent of its speed, the kernel gradient at a fraction of a percent);
@@ -417,28 +378,25 @@ def choose(s: Shape, backend: str) -> Route:
       a 5x5 onto 4x4, Inception's 1x7 onto 1x1; not a 1x7 onto 3x3), every pass: im2col
       (XLA: 1-10 GFLOP/s instead of 200);
     * strided convolutions onto small maps (:data:`SMALL_STRIDED_MAP`) but for the stems,
-      every pass: im2col; onto larger maps, both gradients (XLA's kernel gradient transposes
-      its input in a loop fusion first: 114 ms of ResNet-18's step at 224 px for one of them);
-    * the kernel gradient of convolutions onto large maps (:data:`LARGE_MAP`) with 64 output
-      channels or more (DenseNet's 3x3 onto 32 channels: 163 ms XLA, 196 im2col for the
-      forward and both gradients), and of the stems onto maps of
-      :func:`stem_kernel_grad_map` pixels and more (64x64 with AVX-512, 32x32 with AVX2
-      alone): im2col, the batch in slices where the patches would be too large. XLA's
-      kernel gradient of ResNet's 7x7 stem at 224 px took 323 ms of a 2.6-s step, im2col's
-      111 ms alone. Without AVX-512, the kernel gradient of every such convolution onto 64
-      channels or more of :func:`dense_kernel_grad_flops` FLOPs an image, on any map, too.
+      every pass: im2col; onto larger maps, the input gradient (56x56x64 -> 128 at stride 2,
+      batch 32: 51 -> 35 ms).
 
-    The last two rules come from profiles of whole train steps at 224 px rather than from the
-    survey, and were kept because whole steps got faster (README, Speed).
+    Everything else stays with XLA, compiled by :func:`jit` to XLA's own (Eigen) convolution:
+    the stems, the forward pass of strided convolutions onto larger maps, every pass of 3x3
+    and larger kernels at stride 1, and every kernel gradient but the ones above. Before
+    :data:`CPU_COMPILER_OPTIONS`, with YNNPACK's convolution, three more kernel gradients
+    took im2col (onto maps of 56x56 and more, of the stems, and without AVX-512 of dense
+    convolutions onto 64 channels or more); Eigen's beats im2col's on all of them (batch 32:
+    VGG-16's 56x56x256 725 against 1,018 ms, ResNet's 7x7 stem at 224 px 81 against 198,
+    GoogLeNet's 16x16x64 -> 192 12 against 17) and whole steps got faster without them
+    (in-process A/B: ResNet-18 at 224 px 9.4 -> 10.6 images/s, ResNet-50 4.4 -> 4.6,
+    ResNet-18 at 64 px 130 -> 142, Inception v3 at 75 px 91 -> 95, VGG-16 at 32 px 37 -> 40).
 
     Two rules that won on single convolutions lost in whole networks and are not taken: the
     shifted sum for the kernel gradient of 3x3 convolutions on maps of 17 px and more (1.6-2.3x
     faster alone; VGG-16's train step at 64 px 0.63x with it) and for the forward pass of
-    grey-level stems (2-5x alone; LeNet-5 0.85x train, 0.69x inference with it).
-
-    Everything else (the stems' forward pass, the forward pass and input gradient of 3x3 and
-    larger kernels at stride 1, their kernel gradient onto fewer than 64 channels and, with
-    AVX-512, onto maps below :data:`LARGE_MAP`) stays with XLA.
+    grey-level stems (2-5x alone; LeNet-5 0.85x train, 0.69x inference with it; again no faster
+    in LeNet-5's steps with Eigen's convolution, 2026-12-04).
     """
     if backend != "cpu":
         return XLA
@@ -454,17 +412,11 @@ def choose(s: Shape, backend: str) -> Route:
     covers = s.kh >= s.out_h and s.kw >= s.out_w
     if fits and covers and (s.kh > s.out_h or s.kw > s.out_w):
         return Route.all("im2col")
-    pixels = s.out_h * s.out_w
-    if s.in_channels <= 4:  # a stem: XLA is the fastest forward on its few input channels
-        return Route("xla", "xla", "im2col") if fits and pixels >= stem_kernel_grad_map() \
-            else XLA
+    if s.in_channels <= 4:  # a stem: XLA is the fastest on its few input channels
+        return XLA
     if fits and max(s.strides) > 1:
-        return Route.all("im2col") if pixels <= SMALL_STRIDED_MAP else Route("xla", "im2col",
-                                                                               "im2col")
-    floor = dense_kernel_grad_flops()
-    if s.out_channels >= 64 and s.batch_chunks is not None and (
-            pixels >= LARGE_MAP or (floor is not None and s.flops >= floor * s.batch)):
-        return Route("xla", "xla", "im2col")
+        return (Route.all("im2col") if s.out_h * s.out_w <= SMALL_STRIDED_MAP
+                else Route("xla", "im2col", "xla"))
     return XLA
 
 

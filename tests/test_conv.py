@@ -171,22 +171,21 @@ SLOW_ON_CPU = {
     # MobileNetV2's depthwise 3x3: every pass 10-100x.
     "depthwise 3x3": ((32, 16, 16, 96), (3, 3, 1, 96), (1, 1), ((1, 1), (1, 1)), 96,
                       conv.Route.all("shifted")),
-    # Found in profiles of train steps at 224 px (forward and both gradients of the one
-    # convolution, ms, XLA -> the route, 2026-12-03): the kernel gradient onto large maps,
-    # the batch in slices where its patches would be too large (VGG-16's 56x56x256: 2,734 ->
-    # 907; ResNet's 56x56x64: 170 -> 155 alone, 323 ms of XLA's in ResNet-18's step), both
-    # gradients of a strided 3x3 onto 28x28 (92.6 -> 54.3), the colour stem's kernel
-    # gradient from 64x64 output maps on (161 -> 111 for the gradient alone).
+    # Strided 3x3 onto larger maps: the input gradient (56x56x64 -> 128: 51 -> 35 ms under
+    # conv.jit, 2026-12-04); its kernel gradient stays with XLA's Eigen convolution (36 ms,
+    # im2col 46), as do those of the 3x3 onto 56x56 maps (VGG-16's 56x56x256: 725, im2col
+    # 1,018) and of the colour stems (ResNet's at 224 px: 81, im2col 198), which took im2col
+    # while XLA ran its convolutions through YNNPACK (jaxcnn.conv.CPU_COMPILER_OPTIONS).
     "3x3 on 56x56": ((32, 56, 56, 256), (3, 3, 256, 256), (1, 1), ((1, 1), (1, 1)), 1,
-                     conv.Route("xla", "xla", "im2col")),
+                     conv.XLA),
     "3x3 s2 onto 28x28": ((32, 56, 56, 64), (3, 3, 64, 128), (2, 2), ((1, 1), (1, 1)), 1,
-                          conv.Route("xla", "im2col", "im2col")),
+                          conv.Route("xla", "im2col", "xla")),
     "7x7 colour stem": ((32, 224, 224, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3)), 1,
-                        conv.Route("xla", "xla", "im2col")),
-    # What stays with XLA: the stems onto smaller maps (XLA 6.4 ms, im2col 8.8 for ResNet's
-    # at 64 px), 3x3 convolutions at stride 1 onto smaller maps (ResNet-18's 28x28x128: 56
-    # -> 79 with im2col's kernel gradient; VGG-16's at 64 px ran at 0.63x with the shifted
-    # sum's), Inception's 1x7 onto 3x3 (XLA 216 GFLOP/s, im2col 174).
+                        conv.XLA),
+    # What also stays with XLA: the stems onto smaller maps (XLA 6.4 ms, im2col 8.8 for
+    # ResNet's at 64 px), 3x3 convolutions at stride 1 onto smaller maps (ResNet-18's
+    # 28x28x128: 56 -> 79 with im2col's kernel gradient; VGG-16's at 64 px ran at 0.63x with
+    # the shifted sum's), Inception's 1x7 onto 3x3 (XLA 216 GFLOP/s, im2col 174).
     "7x7 colour stem at 64 px": ((32, 64, 64, 3), (7, 7, 3, 64), (2, 2), ((3, 3), (3, 3)), 1,
                                  conv.XLA),
     "3x3 on 28x28": ((32, 28, 28, 128), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), 1,
@@ -201,44 +200,10 @@ SLOW_ON_CPU = {
 
 
 @pytest.mark.parametrize("case", SLOW_ON_CPU.values(), ids=list(SLOW_ON_CPU))
-def test_the_cpu_routes_avoid_the_slow_passes_the_survey_found(case, monkeypatch):
-    # The survey and the profiles above ran on an AVX-512 machine.
-    monkeypatch.setattr(conv, "_host_has_avx512", lambda: True)
+def test_the_cpu_routes_avoid_the_slow_passes_the_survey_found(case):
     lhs, rhs, strides, padding, groups, want = case
     s = conv.Shape(lhs, rhs, strides, conv.explicit_pads(padding, lhs, rhs, strides), groups)
     assert conv.choose(s, "cpu") == want
-
-
-@pytest.mark.parametrize("avx512, want", [(True, conv.XLA),
-                                          (False, conv.Route("xla", "xla", "im2col"))])
-def test_without_avx512_the_stems_kernel_gradient_takes_im2col_from_32x32_maps(avx512, want,
-                                                                               monkeypatch):
-    # On a 2-core AVX2 machine XLA's kernel gradient of ResNet's stem at 64 px took 79 ms,
-    # im2col's 45 (batch 32), and ResNet-18's train step went from 48.9 to 59.1 images/s.
-    monkeypatch.setattr(conv, "_host_has_avx512", lambda: avx512)
-    lhs, rhs, strides, padding, groups, _ = SLOW_ON_CPU["7x7 colour stem at 64 px"]
-    s = conv.Shape(lhs, rhs, strides, conv.explicit_pads(padding, lhs, rhs, strides), groups)
-    assert conv.choose(s, "cpu") == want
-    smaller = conv.Shape((32, 32, 32, 3), rhs, strides, s.pads, groups)  # onto 16x16: XLA
-    assert conv.choose(smaller, "cpu") == conv.XLA
-
-
-@pytest.mark.parametrize("avx512", [True, False])
-def test_without_avx512_dense_kernel_gradients_take_im2col_on_every_map(avx512, monkeypatch):
-    # On a 2-core AVX2 machine (batch 32, input and kernel gradient): GoogLeNet's 3x3 onto
-    # 16x16x192 at 64 px 77 -> 55 ms with im2col's kernel gradient; below 10 MFLOP an image
-    # (8x8x48 -> 64: 0.11 GFLOP) im2col's was up to 1 ms slower, onto 32 channels (DenseNet)
-    # no faster in the whole step. The AVX-512 survey found XLA's as fast there.
-    monkeypatch.setattr(conv, "_host_has_avx512", lambda: avx512)
-
-    def route(hw, cin, cout):
-        return conv.choose(conv.Shape((32, hw, hw, cin), (3, 3, cin, cout), (1, 1),
-                                      ((1, 1), (1, 1)), 1), "cpu")
-
-    assert route(16, 64, 192) == (conv.XLA if avx512 else conv.Route("xla", "xla", "im2col"))
-    assert route(4, 512, 512) == (conv.XLA if avx512 else conv.Route("xla", "xla", "im2col"))
-    assert route(8, 48, 64) == conv.XLA
-    assert route(16, 128, 32) == conv.XLA
 
 
 def test_cpuinfo_gives_the_model_and_the_flags(tmp_path):

@@ -172,7 +172,9 @@ network needs no input gradient."""
 def time_shape(key: ConvKey, batch: int = 32, rounds: int = 3,
                formulations: Iterable[str] = conv.FORMULATIONS) -> dict[str, Any]:
     """Seconds of each pass of ``key`` in every formulation that computes it (the best of
-    ``rounds`` interleaved rounds), their GFLOP/s, and their error against XLA's."""
+    ``rounds`` interleaved rounds), their GFLOP/s, and their error against XLA's. Each is
+    compiled by :func:`jaxcnn.conv.jit`, as the networks' steps are: surveys before
+    2026-12-04 timed XLA's convolution as YNNPACK ran it (jax.jit's defaults)."""
     s = key.shape(batch)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, key.height, key.width, key.in_channels)),
@@ -194,7 +196,7 @@ def time_shape(key: ConvKey, batch: int = 32, rounds: int = 3,
                 lambda w: impl(x, w, s), w)[1](g)[0]),
         }
         for pass_, fn in steps.items():
-            jitted = jax.jit(fn)
+            jitted = conv.jit(fn)  # compiled as the networks' steps are
             results[(name, pass_)] = jitted(x, w, g)
             timers[(name, pass_)] = _timer(jitted, (x, w, g))
     best: dict[tuple[str, str], float] = {}
