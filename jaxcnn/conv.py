@@ -117,6 +117,30 @@ def jit(fun: Callable[..., Any], **kwargs: Any) -> Any:
     return jax.jit(fun, compiler_options=compiler_options(), **kwargs)
 
 
+def pmap(fun: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
+    """``jax.pmap(fun, **kwargs)`` compiled with :func:`compiler_options`. ``jax.pmap`` takes
+    no compiler options, so each new signature of the arguments (shapes, dtypes, shardings) is
+    lowered and compiled with them once, and the compiled program is kept for later calls.
+    Runs of several processes keep ``jax.pmap`` as it is (XLA's defaults): its compiled form
+    does not convert between the processes' local arrays and global ones."""
+    mapped = jax.pmap(fun, **kwargs)
+    options = compiler_options()
+    if options is None or jax.process_count() > 1:
+        return mapped
+    compiled: dict[Any, Any] = {}
+
+    @functools.wraps(fun)
+    def call(*args: Any) -> Any:
+        leaves, tree = jax.tree.flatten(args)
+        key = (tree, tuple((jax.typeof(x), getattr(x, "sharding", None)) for x in leaves))
+        if key not in compiled:
+            compiled[key] = mapped.lower(*args).compile(compiler_options=options)
+        return compiled[key](*args)
+
+    call.programs = compiled  # type: ignore[attr-defined]  -- the compiled ones, by signature
+    return call
+
+
 # ----------------------------------------------------------------------------------------------
 # The geometry of a convolution, as the formulations see it.
 

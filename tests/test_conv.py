@@ -142,6 +142,40 @@ def test_jit_compiles_convolutions_with_xlas_own_kernel_on_the_cpu():
         assert conv.compiler_options() is None
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_pmap_compiles_with_the_same_options_as_jit():
+    """``jax.pmap`` takes no compiler options; conv.pmap compiles each signature with them:
+    the pmapped 3x3 onto 64 channels leaves YNNPACK like conv.jit's, donation still holds,
+    the numbers equal jax.pmap's, and a new batch size compiles a program of its own."""
+    if not conv._accepts_cpu_options():
+        pytest.skip("this jaxlib has no xla_cpu_experimental_ynn_fusion_type")
+    n = jax.local_device_count()
+
+    def f(x, w):
+        return jax.nn.relu(lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                    dimension_numbers=conv.NHWC))
+
+    x, w = _arrays((n, 4, 16, 16, 64), (3, 3, 64, 64))
+    x, ws = np.asarray(x), jnp.stack([w] * n)  # x on the host: each device_put is a copy
+    plain = jax.pmap(f, donate_argnums=(0,))
+    if not any("__ynn_fusion" in line and "conv_general_dilated" in line
+               for line in plain.lower(x, ws).compile().as_text().splitlines()):
+        pytest.skip("this XLA keeps the convolution by default: nothing to change")
+    ours = conv.pmap(f, donate_argnums=(0,))
+    stacked = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(jax.local_devices()),
+                                                           ("d",)), jax.sharding.PartitionSpec("d"))
+    x_plain, x_ours = jax.device_put(x, stacked), jax.device_put(x, stacked)
+    want = np.asarray(plain(x_plain, ws))
+    got = ours(x_ours, ws)
+    assert x_plain.is_deleted() and x_ours.is_deleted(), "the donated input should be consumed"
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+    (program,) = ours.programs.values()
+    assert not any("__ynn_fusion" in line and "conv_general_dilated" in line
+                   for line in program.as_text().splitlines()), "the convolution should be XLA's"
+    ours(jax.device_put(x[:, :2], stacked), ws)
+    assert len(ours.programs) == 2
+
+
 # The slowest passes of XLA's CPU convolution found by the quiet survey (docs/conv_cpu.md,
 # GFLOP/s at batch 32: XLA -> the routed formulation), each with the route that avoids it.
 SLOW_ON_CPU = {

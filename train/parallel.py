@@ -162,10 +162,10 @@ class PmapParallel(JitParallel):
                 for k, v in batch.items()}
 
     def compile_train(self, step_fn: Callable) -> Callable:
-        return jax.pmap(step_fn, axis_name=self.axis_name, donate_argnums=(0,))
+        return conv.pmap(step_fn, axis_name=self.axis_name, donate_argnums=(0,))
 
     def compile_eval(self, eval_fn: Callable) -> Callable:
-        return jax.pmap(eval_fn, axis_name=self.axis_name)
+        return conv.pmap(eval_fn, axis_name=self.axis_name)
 
     def fetch(self, tree: Any) -> Any:
         # Every replica holds the same value (pmean-ed); take this process's first.
