@@ -192,14 +192,18 @@ SLOW_ON_CPU = {
     "grouped 3x3 on 2x2": ((32, 2, 2, 2048), (3, 3, 64, 2048), (1, 1), ((1, 1), (1, 1)), 32,
                            conv.Route.all("im2col")),
     # ResNeXt-50's grouped 3x3 with 4 channels a group at 64 px: forward 17 -> 2.1 ms alone
-    # (im2col -> the broadcast shifted sum; PyTorch 1.3); at 224 px its patches pass
-    # MAX_PATCH_BYTES and the gradients take the batch in slices (forward and both gradients
-    # 380 -> 328 ms alone). With 16 channels a group im2col stays (2.3 ms; broadcast 27).
+    # (im2col -> the broadcast shifted sum; PyTorch 1.3); its input gradient the same sum over
+    # the output's gradient with the flipped kernel (im2col 19.7 -> 3.2 ms; at 224 px, 56x56,
+    # 252 -> 32), its kernel gradient one product per tap without patches (28 -> 21 ms; 450 ->
+    # 235). Strided, both gradients stay with im2col. With 16 channels a group im2col stays
+    # (2.3 ms; broadcast 27).
     "grouped 3x3, 4 a group": ((32, 16, 16, 128), (3, 3, 4, 128), (1, 1), ((1, 1), (1, 1)), 32,
-                               conv.Route("shifted", "im2col", "im2col")),
+                               conv.Route("shifted", "flipped", "tapwise")),
     "grouped 3x3, 4 a group at 224 px": ((32, 56, 56, 128), (3, 3, 4, 128), (1, 1),
                                          ((1, 1), (1, 1)), 32,
-                                         conv.Route("shifted", "im2col", "im2col")),
+                                         conv.Route("shifted", "flipped", "tapwise")),
+    "grouped 3x3 s2, 8 a group": ((32, 16, 16, 256), (3, 3, 8, 256), (2, 2), ((1, 1), (1, 1)),
+                                  32, conv.Route("shifted", "im2col", "im2col")),
     "grouped 3x3, 16 a group": ((32, 4, 4, 512), (3, 3, 16, 512), (1, 1), ((1, 1), (1, 1)), 32,
                                 conv.Route.all("im2col")),
     # MobileNetV2's depthwise 3x3: every pass 10-100x.
@@ -313,7 +317,8 @@ def test_im2col_takes_the_batch_in_slices_where_patches_would_be_too_large(case,
 
 @pytest.mark.parametrize("route", [conv.Route("xla", "im2col", "xla"),
                                    conv.Route("im2col", "xla", "im2col"),
-                                   conv.Route("shifted", "xla", "im2col")], ids=str)
+                                   conv.Route("shifted", "xla", "im2col"),
+                                   conv.Route("shifted", "flipped", "tapwise")], ids=str)
 def test_mixed_routes_differentiate_both_ways(route):
     """Each pass may take another formulation: reverse mode (the gradients) and forward mode
     (jax.jvp) still give lax's numbers, and a gradient with respect to the kernel alone
