@@ -458,9 +458,13 @@ def choose(s: Shape, backend: str) -> Route:
 
     * depthwise convolutions, every pass: the elementwise sum of shifted slices (XLA runs
       them at a few percent of its speed, the kernel gradient at a fraction of a percent);
-    * other grouped convolutions, every pass: im2col, one batched product for all groups
+    * other grouped convolutions, both gradients: im2col, one batched product for all groups
       (XLA's kernel gradient, a batch-grouped convolution, runs below 1 GFLOP/s); where the
-      patches would be too large, the shifted sum for the gradients and XLA forward. With
+      patches would be too large, the shifted sum. Their forward pass stays with XLA, whose
+      Eigen convolution beats im2col's there (batch 32; 14x14x512 and 16 channels a group 41
+      against 73 ms, 7x7x1024 25 against 27, 14x14x1024 at stride 2 33 against 42, AlexNet's
+      towers 13x13x384 50 against 71, 27x27x96 24 against 47; before CPU_COMPILER_OPTIONS
+      im2col took it too). With
       :data:`BROADCAST_GROUP_IN` or fewer channels a group the forward pass is the shifted
       sum of broadcast products instead, the gradients im2col (the batch in slices where the
       patches would be too large): ResNeXt-50's inference at 32/64/224 px 1.35/1.38/2.1 times
@@ -507,7 +511,7 @@ def choose(s: Shape, backend: str) -> Route:
             if applies("flipped", s):
                 return Route("shifted", "flipped", "tapwise")
             return Route("shifted", "im2col", "im2col")
-        return Route.all("im2col") if fits else Route("xla", "shifted", "shifted")
+        return Route("xla", "im2col" if fits else "shifted", "im2col" if fits else "shifted")
     if s.taps == 1:
         return Route.all("im2col")
     covers = s.kh >= s.out_h and s.kw >= s.out_w
