@@ -56,11 +56,13 @@ def _reference(x, w, strides, padding, groups):
 
 
 def _every_formulation():
-    """Each case in each formulation. The shifted sum of a dense convolution is slow (the zoo
-    computes it on the CPU only for grouped and depthwise ones; the sum of an 11x11 kernel's
-    121 taps alone compiles for seconds): `make test` checks it, the fast subset does not."""
+    """Each case in each formulation. The zoo computes the shifted sum, flipped and tapwise
+    formulations on the CPU only for grouped and depthwise convolutions; on dense ones they
+    are slow to compile (the sum of an 11x11 kernel's 121 taps alone takes seconds): `make
+    test` checks them there, the fast subset does not."""
     return [pytest.param(case, f, id=f"{name}-{f}",
-                         marks=pytest.mark.slow if f == "shifted" and case[-1] == 1 else ())
+                         marks=pytest.mark.slow if f in ("shifted", "flipped", "tapwise")
+                         and case[-1] == 1 else ())
             for name, case in CASES.items() for f in conv.FORMULATIONS]
 
 
