@@ -511,7 +511,8 @@ def choose(s: Shape, backend: str) -> Route:
             if applies("flipped", s):
                 return Route("shifted", "flipped", "tapwise")
             return Route("shifted", "im2col", "im2col")
-        return Route("xla", "im2col" if fits else "shifted", "im2col" if fits else "shifted")
+        gradients = "im2col" if fits else "shifted"
+        return Route("xla", gradients, gradients)
     if s.taps == 1:
         return Route.all("im2col")
     covers = s.kh >= s.out_h and s.kw >= s.out_w
