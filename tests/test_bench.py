@@ -177,3 +177,36 @@ def test_aux_heads_are_left_out_below_the_size_they_need(capsys):
     assert "need 299x299 px" in capsys.readouterr().err
     plain = Config(arch="inception_v3", dataset="synthetic", aux_weight=0.0)
     assert bench.fit_aux_heads(plain, 75) is plain
+
+
+def test_a_stopped_sweep_keeps_its_finished_rows_and_a_missing_pipeline_loses_nothing(
+        monkeypatch, tmp_path, capsys):
+    """--output is rewritten after every row (a sweep killed at a time limit, on a lent GPU
+    say, keeps what it timed), and where TensorFlow is missing (an accelerator's own image)
+    the input pipeline is reported as not timed instead of failing the finished run."""
+    out = tmp_path / "sweep.json"
+    seen = []
+
+    def run(arch, image_size, **kwargs):
+        if arch == "vgg16":  # the row the time limit kills: what was written before it stays
+            seen.append(json.loads(out.read_text()))
+            raise KeyboardInterrupt
+        return {"arch": arch, "image_size": image_size, "train": {"images_per_sec": 1.0}}
+
+    monkeypatch.setattr(bench, "run_benchmark", run)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--arch", "lenet5", "resnet18", "vgg16", "--image-size", "64",
+                    "--output", str(out)])
+    assert seen[0]["partial"] is True
+    assert [r["arch"] for r in seen[0]["rows"]] == ["lenet5", "resnet18"]
+
+    def no_tensorflow(**kwargs):
+        raise ImportError("No module named 'tensorflow'")
+
+    monkeypatch.setattr(bench, "time_input_pipeline", no_tensorflow)
+    assert bench.main(["--arch", "lenet5", "resnet18", "--image-size", "64", "--output",
+                       str(out), "--input-pipeline"]) == 0
+    report = json.loads(out.read_text())
+    assert "partial" not in report and len(report["rows"]) == 2
+    assert report["input_pipeline"] == {"error": "not timed: No module named 'tensorflow'"}
+    assert "input pipeline not timed" in capsys.readouterr().err

@@ -607,10 +607,13 @@ def sweep_rows(archs: list[str], sizes: list[int | None]) -> list[tuple[str, int
 
 
 def sweep(rows: list[tuple[str, int]], *, budget_minutes: float | None = None,
-          progress: Callable[[str], None] = lambda _: None, **kwargs: Any
+          progress: Callable[[str], None] = lambda _: None,
+          on_row: Callable[[list[dict[str, Any]]], None] = lambda _: None, **kwargs: Any
           ) -> list[dict[str, Any]]:
     """:func:`run_benchmark` for every (network, size) of ``rows``. A row that fails records
-    its error; rows past ``budget_minutes`` are skipped and say so."""
+    its error; rows past ``budget_minutes`` are skipped and say so. ``on_row`` gets the
+    reports so far after each row (the command line writes them, so that a sweep stopped
+    halfway keeps its finished rows)."""
     from train import train as train_lib
 
     start = time.perf_counter()
@@ -628,6 +631,7 @@ def sweep(rows: list[tuple[str, int]], *, budget_minutes: float | None = None,
                 f"{type(err).__name__}: "
             reports.append({"arch": arch, "image_size": size, "error": f"{kind}{err}"})
         _release()
+        on_row(reports)
     return reports
 
 
@@ -698,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
         # Two frameworks share the accelerator: XLA must not take most of its memory up front.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     from train import train as train_lib
+    from train.checkpoints import write_json_atomic
 
     options = dict(batch_size=args.batch_size, dtype=args.dtype, steps=args.steps,
                    windows=args.windows, warmup=args.warmup, num_classes=args.num_classes,
@@ -721,14 +726,25 @@ def main(argv: list[str] | None = None) -> int:
                 bar.set_postfix_str(text, refresh=False)
                 bar.update()
 
+            def keep(done: list[dict[str, Any]]) -> None:
+                if args.output:
+                    write_json_atomic(args.output, {"rows": done, "partial": True})
+
             reports = sweep(rows, budget_minutes=args.budget_minutes, progress=progress,
-                            **options)
+                            on_row=keep, **options)
             bar.close()
             result = {"rows": reports}
     except (train_lib.USER_ERRORS + (ValueError, LookupError)) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    pipeline = time_input_pipeline() if args.input_pipeline else None
+    pipeline = None
+    if args.input_pipeline:
+        try:
+            pipeline = time_input_pipeline()
+        except ImportError as err:  # no TensorFlow here (an accelerator's own image, say)
+            print(f"warning: input pipeline not timed: {err}; install jaxcnn[train] to time "
+                  "it", file=sys.stderr)
+            result["input_pipeline"] = {"error": f"not timed: {err}"}
     if pipeline:
         result["input_pipeline"] = pipeline
     print(json.dumps(result, indent=2))
@@ -737,8 +753,6 @@ def main(argv: list[str] | None = None) -> int:
     if table:
         print("\n" + table)
     if args.output:
-        from train.checkpoints import write_json_atomic
-
         write_json_atomic(args.output, result)
     if args.markdown and table:
         with open(args.markdown, "w") as f:
