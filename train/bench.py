@@ -49,7 +49,8 @@ writes."""
 GPU_SUITE = {"arch": ["resnet50", "efficientnet_b0", "mobilenet_v2", "seresnet50", "vgg16"],
              "image_size": [224], "batch_size": 256, "dtype": "bfloat16", "compare": "torch",
              "torch_modes": ["compile"], "steps": 30, "windows": 3}
-"""``--suite gpu``: the issue's GPU table, designed to finish within 8 minutes on an H100.
+"""``--suite gpu``: the issue's GPU table. Designed for 8 minutes on an H100; on an H200
+(2026-12-04) its first three rows took 2:24, 4:38 and 3:50, mostly compiling (README).
 Flags given with it win (``--suite gpu --batch-size 8 --image-size 64`` checks it on a CPU)."""
 
 
