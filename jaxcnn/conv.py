@@ -432,6 +432,27 @@ patches are then small (about taps / stride^2 times the input) and XLA's strided
 runs at a third to a half of its usual throughput there, its input gradient at 1/300 on some."""
 
 
+GREY_STEM_OUT = 8
+"""A stride-1 convolution of a one-channel (grey-level) image onto at most this many maps
+takes its forward pass through im2col: LeNet-5's C1 (32x32x1 -> 6, 5x5). XLA's convolution
+took 1.2 ms of LeNet-5's 2.9-ms train step there (batch 32, AVX-512); in-process A/B, LeNet-5
+inference 44,400 -> 57,000 images/s. Onto 20 maps (Caffe's LeNet, the STN's localisation
+net) XLA's was as fast or faster (42x42x1 -> 20: 1.0 ms, im2col 2.5), so they keep it."""
+
+WIDE_PAD_GRAD_MAP = 16 * 16
+"""The input gradient of a stride-1 convolution is a convolution padded by ``k - 1 - pad``:
+4 on every side for LeNet's unpadded 5x5, 2 for an unpadded 3x3 or a 5x5 padded by 2. Where
+that is 2 or more on a side of a kernel of at least 3x3, over input maps of at most this many
+pixels, the input gradient takes im2col: batch 32, AVX-512, XLA -> im2col: LeNet-5's C3
+(14x14x6 -> 16, 5x5) 0.81 -> 0.32 ms, Caffe LeNet's conv2 (12x12x20 -> 50) 1.12 -> 0.74,
+14x14x6 -> 16 padded by 2 0.44 -> 0.24, 8x8x64 -> 64 unpadded 3x3 0.83 -> 0.40; onto larger
+maps XLA's is faster (28x28x32 -> 64, 5x5: 7.0 against 12.2 ms), and with padding k - 2 (a
+3x3 padded by 1, Inception's 1x7 padded by 3) the two are level. In-process A/B of train
+steps (2026-12-04): LeNet-5 15,600 -> 19,800 images/s (with :data:`GREY_STEM_OUT`'s rule too:
+15,300 -> 20,700), LeNet-5 (1998) 15,500 -> 16,800; Inception v3 at 75 px (205 against 206),
+GoogLeNet at 32 and 64 px, AlexNet at 63 px and Caffe's LeNet unchanged."""
+
+
 def read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str | None, frozenset[str]]:
     """The first processor's model name and feature flags (x86 ``flags``, Arm ``Features``)
     from ``path``; ``(None, frozenset())`` where there is no such file (macOS, Windows)."""
@@ -482,7 +503,11 @@ def choose(s: Shape, backend: str) -> Route:
       (XLA: 1-10 GFLOP/s instead of 200);
     * strided convolutions onto small maps (:data:`SMALL_STRIDED_MAP`) but for the stems,
       every pass: im2col; onto larger maps, the input gradient (56x56x64 -> 128 at stride 2,
-      batch 32: 51 -> 35 ms).
+      batch 32: 51 -> 35 ms);
+    * at stride 1 over small maps (:data:`WIDE_PAD_GRAD_MAP`), the input gradient of kernels
+      whose gradient pads by 2 or more (an unpadded 5x5 or 3x3): im2col (LeNet-5's C3 0.81 ->
+      0.32 ms); and the forward pass of a grey-level image onto a few maps
+      (:data:`GREY_STEM_OUT`, LeNet-5's C1): im2col.
 
     Everything else stays with XLA, compiled by :func:`jit` to XLA's own (Eigen) convolution:
     the stems, the forward pass of strided convolutions onto larger maps, every pass of 3x3
@@ -518,11 +543,17 @@ def choose(s: Shape, backend: str) -> Route:
     covers = s.kh >= s.out_h and s.kw >= s.out_w
     if fits and covers and (s.kh > s.out_h or s.kw > s.out_w):
         return Route.all("im2col")
+    if s.in_channels == 1 and s.out_channels <= GREY_STEM_OUT and s.strides == (1, 1) and fits:
+        return Route("im2col", "xla", "xla")
     if s.in_channels <= 4:  # a stem: XLA is the fastest on its few input channels
         return XLA
     if fits and max(s.strides) > 1:
         return (Route.all("im2col") if s.out_h * s.out_w <= SMALL_STRIDED_MAP
                 else Route("xla", "im2col", "xla"))
+    if fits and min(s.kh, s.kw) >= 3 and s.height * s.width <= WIDE_PAD_GRAD_MAP:
+        (top, bottom), (left, right) = s.pads
+        if max(s.kh - 1 - min(top, bottom), s.kw - 1 - min(left, right)) >= 2:
+            return Route("xla", "im2col", "xla")
     return XLA
 
 
