@@ -210,3 +210,22 @@ def test_a_stopped_sweep_keeps_its_finished_rows_and_a_missing_pipeline_loses_no
     assert "partial" not in report and len(report["rows"]) == 2
     assert report["input_pipeline"] == {"error": "not timed: No module named 'tensorflow'"}
     assert "input pipeline not timed" in capsys.readouterr().err
+
+
+def test_short_steps_fill_a_window_of_the_minimum_length():
+    """A window of a few 2-ms steps is stretched to ``min_window_s`` (more steps, the same
+    images/s formula); a 60-ms step keeps the steps the caller asked for."""
+    import time
+
+    def runner(seconds):
+        return timing.Runner(lambda: time.sleep(seconds), lambda _: None, 0.0)
+
+    fast, slow = runner(0.002), runner(0.06)
+    plain = timing.time_interleaved({"fast": fast}, steps=2, windows=2, batch_size=4, warmup=1)
+    assert plain["fast"]["steps_per_window"] == 1
+    timed = timing.time_interleaved({"fast": fast, "slow": slow}, steps=2, windows=2,
+                                    batch_size=4, warmup=1, min_window_s=0.05)
+    assert 10 <= timed["fast"]["steps_per_window"] <= 25  # 0.05 s / 2 ms, less the overhead
+    assert timed["slow"]["steps_per_window"] == 1
+    for side, step_s in (("fast", 0.002), ("slow", 0.06)):
+        assert timed[side]["images_per_sec"] == pytest.approx(4 / step_s, rel=0.3)

@@ -42,6 +42,10 @@ from train.timing import (  # noqa: E402
     Runner, cpu_description, peak_rss_bytes, time_interleaved, usable_cores,
 )
 
+MIN_WINDOW_S = 0.2
+"""Each timed window lasts at least this long: steps shorter than ``0.2 s / (steps //
+windows)`` are taken more times a window (:func:`train.timing.time_interleaved`)."""
+
 COMPARE_SETTINGS = {"ema_decay": 0.0, "label_smoothing": 0.0, "aux_weight": 0.0}
 """What both sides of ``--compare torch`` train with (and SGD): the plain step a PyTorch user
 writes."""
@@ -299,7 +303,8 @@ def run_benchmark(arch: str, *, batch_size: int, image_size: int | None = None,
             all_runners.update({(f"torch_{mode}", part): r for part, r in theirs.items()})
 
     timed = time_interleaved({f"{who}/{part}": r for (who, part), r in all_runners.items()},
-                             steps=steps, windows=windows, batch_size=batch_size, warmup=warmup)
+                             steps=steps, windows=windows, batch_size=batch_size, warmup=warmup,
+                             min_window_s=MIN_WINDOW_S)
     if side != "torch":
         for part in parts:
             report[part] = timed[f"jaxcnn/{part}"]
@@ -653,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="computation dtype (default: auto: bfloat16 on GPU/TPU, float32 "
                              "on CPU)")
     parser.add_argument("--steps", type=int, default=50,
-                        help="timed steps, split over --windows (default: 50)")
+                        help="timed steps, split over --windows; a window of steps "
+                             "shorter than 0.2 s takes more of them (default: 50)")
     parser.add_argument("--windows", type=int, default=5,
                         help="timed windows; images/s is their median (default: 5)")
     parser.add_argument("--warmup", type=int, default=2,
