@@ -229,3 +229,19 @@ def test_short_steps_fill_a_window_of_the_minimum_length():
     assert timed["slow"]["steps_per_window"] == 1
     for side, step_s in (("fast", 0.002), ("slow", 0.06)):
         assert timed[side]["images_per_sec"] == pytest.approx(4 / step_s, rel=0.3)
+
+
+def test_long_steps_are_not_timed_again_to_size_the_window():
+    """A step whose warm-up already fills the minimum window runs only the steps asked for:
+    no three extra steps to estimate it (a 25-s train step would pay over a minute)."""
+    import time
+
+    calls = []
+
+    def step():
+        calls.append(1)
+        time.sleep(0.03)
+
+    timing.time_interleaved({"slow": timing.Runner(step, lambda _: None, 0.0)}, steps=4,
+                            windows=2, batch_size=1, warmup=1, min_window_s=0.05)
+    assert len(calls) == 1 + 2 * 2  # the warm-up and two windows of two steps

@@ -42,7 +42,8 @@ def time_interleaved(runners: Mapping[str, Runner], *, steps: int, windows: int,
 
     With ``min_window_s``, a runner whose steps are so short that its window would last less
     takes more steps a window (up to :data:`MAX_STEPS_PER_WINDOW`), from its time over three
-    steps after the warm-up, and first runs one such window untimed: a window of a few 1-ms
+    steps after the warm-up (where the warm-up's steps were short), and first runs one such
+    window untimed: a window of a few 1-ms
     steps times the dispatch of the first call after a wait as much as the steps, and a
     warm-up of a step or two leaves them cold (LeNet-5 on 2 cores: 0.63x of PyTorch eager
     with 2 steps a window after one, 1.08x with 100 after 20)."""
@@ -51,11 +52,15 @@ def time_interleaved(runners: Mapping[str, Runner], *, steps: int, windows: int,
     for name, runner in runners.items():
         runner.enter()
         out = None
+        start = time.perf_counter()
         for _ in range(warmup):
             out = runner.step()
         runner.sync(out)
+        warm_step_s = (time.perf_counter() - start) / max(warmup, 1)
         per_window[name] = base
-        if min_window_s > 0:
+        # Steps whose warm-up already fills a window (a first call is no faster than the
+        # next) are not timed again: three more of a 25-s step would cost over a minute.
+        if min_window_s > 0 and base * warm_step_s < min_window_s:
             start = time.perf_counter()
             for _ in range(3):
                 out = runner.step()
