@@ -34,6 +34,16 @@ class Runner:
 MAX_STEPS_PER_WINDOW = 10_000
 
 
+def _run(runner: Runner, steps: int) -> float:
+    """Seconds that ``steps`` steps of ``runner`` take, waited for."""
+    start = time.perf_counter()
+    out = None
+    for _ in range(steps):
+        out = runner.step()
+    runner.sync(out)
+    return time.perf_counter() - start
+
+
 def time_interleaved(runners: Mapping[str, Runner], *, steps: int, windows: int,
                      batch_size: int, warmup: int = 2, min_window_s: float = 0.0
                      ) -> dict[str, dict[str, Any]]:
@@ -43,45 +53,28 @@ def time_interleaved(runners: Mapping[str, Runner], *, steps: int, windows: int,
     With ``min_window_s``, a runner whose steps are so short that its window would last less
     takes more steps a window (up to :data:`MAX_STEPS_PER_WINDOW`), from its time over three
     steps after the warm-up (where the warm-up's steps were short), and first runs one such
-    window untimed: a window of a few 1-ms
-    steps times the dispatch of the first call after a wait as much as the steps, and a
-    warm-up of a step or two leaves them cold (LeNet-5 on 2 cores: 0.63x of PyTorch eager
-    with 2 steps a window after one, 1.08x with 100 after 20)."""
+    window untimed: a window of a few 1-ms steps times the dispatch of the first call after a
+    wait as much as the steps, and a warm-up of a step or two leaves them cold (LeNet-5 on 2
+    cores: 0.63x of PyTorch eager with 2 steps a window after one, 1.08x with 100 after 20)."""
     base = max(1, steps // windows)
     per_window: dict[str, int] = {}
     for name, runner in runners.items():
         runner.enter()
-        out = None
-        start = time.perf_counter()
-        for _ in range(warmup):
-            out = runner.step()
-        runner.sync(out)
-        warm_step_s = (time.perf_counter() - start) / max(warmup, 1)
+        warm_step_s = _run(runner, warmup) / max(warmup, 1)
         per_window[name] = base
         # Steps whose warm-up already fills a window (a first call is no faster than the
         # next) are not timed again: three more of a 25-s step would cost over a minute.
         if min_window_s > 0 and base * warm_step_s < min_window_s:
-            start = time.perf_counter()
-            for _ in range(3):
-                out = runner.step()
-            runner.sync(out)
-            step_s = max((time.perf_counter() - start) / 3, 1e-9)
+            step_s = max(_run(runner, 3) / 3, 1e-9)
             per_window[name] = min(MAX_STEPS_PER_WINDOW,
                                    max(base, math.ceil(min_window_s / step_s)))
             if per_window[name] > base:  # and one untimed window of them, to warm up as long
-                for _ in range(per_window[name]):
-                    out = runner.step()
-                runner.sync(out)
+                _run(runner, per_window[name])
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(windows):
         for name, runner in runners.items():
             runner.enter()
-            start = time.perf_counter()
-            out = None
-            for _ in range(per_window[name]):
-                out = runner.step()
-            runner.sync(out)
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name].append(_run(runner, per_window[name]))
     return {name: {
         "images_per_sec": statistics.median(per_window[name] * batch_size / s for s in spent),
         "step_ms": statistics.median(1000 * s / per_window[name] for s in spent),
