@@ -131,6 +131,7 @@ def test_isolate_times_each_framework_in_processes_of_its_own(capsys):
         ours, theirs = report[part], report["torch"]["eager"][part]
         for side in (ours, theirs):  # every window of both rounds, pooled
             assert side["processes"] == 2 and len(side["windows_images_per_sec"]) == 4
+            assert len(side["steps_per_window"]) == 2  # each process sizes its own windows
             assert side["images_per_sec"] == pytest.approx(
                 statistics.median(side["windows_images_per_sec"]))
         assert report["ratios"][f"{part}_vs_torch_eager"] == pytest.approx(

@@ -430,13 +430,15 @@ def _row_flags(arch: str, image_size: int | None, *, batch_size: int, dtype: str
 
 
 def _pooled(figures: list[dict[str, Any]], batch_size: int) -> dict[str, Any]:
-    """One side's timings from several processes as one: the median over all their windows."""
+    """One side's timings from several processes as one: the median over all their windows.
+    ``steps_per_window`` lists each process's: each sizes its windows from its own steps."""
     import statistics
 
     windows = [w for f in figures for w in f["windows_images_per_sec"]]
     return {"images_per_sec": statistics.median(windows),
             "step_ms": statistics.median(1000 * batch_size / w for w in windows),
-            "windows_images_per_sec": windows, "steps_per_window": figures[0]["steps_per_window"],
+            "windows_images_per_sec": windows,
+            "steps_per_window": [f["steps_per_window"] for f in figures],
             "compile_s": statistics.median(f["compile_s"] for f in figures),
             "processes": len(figures)}
 
