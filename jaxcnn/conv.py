@@ -550,10 +550,10 @@ def choose(s: Shape, backend: str) -> Route:
     if fits and max(s.strides) > 1:
         return (Route.all("im2col") if s.out_h * s.out_w <= SMALL_STRIDED_MAP
                 else Route("xla", "im2col", "xla"))
-    if fits and min(s.kh, s.kw) >= 3 and s.height * s.width <= WIDE_PAD_GRAD_MAP:
-        (top, bottom), (left, right) = s.pads
-        if max(s.kh - 1 - min(top, bottom), s.kw - 1 - min(left, right)) >= 2:
-            return Route("xla", "im2col", "xla")
+    if (fits and s.strides == (1, 1) and min(s.kh, s.kw) >= 3
+            and s.height * s.width <= WIDE_PAD_GRAD_MAP
+            and max(p for pair in transposed(s).pads for p in pair) >= 2):
+        return Route("xla", "im2col", "xla")
     return XLA
 
 
