@@ -246,3 +246,11 @@ def test_long_steps_are_not_timed_again_to_size_the_window():
     timing.time_interleaved({"slow": timing.Runner(step, lambda _: None, 0.0)}, steps=4,
                             windows=2, batch_size=1, warmup=1, min_window_s=0.05)
     assert len(calls) == 1 + 2 * 2  # the warm-up and two windows of two steps
+
+
+@pytest.mark.parametrize("flag,value", [("--windows", "0"), ("--steps", "0"), ("--warmup", "-1")])
+def test_counts_below_their_minimum_get_one_line(flag, value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--arch", "lenet5", flag, value])
+    assert stop.value.code == 2
+    assert f"argument {flag}: '{value}': give a whole number of at least" in capsys.readouterr().err

@@ -643,6 +643,20 @@ def sweep(rows: list[tuple[str, int]], *, budget_minutes: float | None = None,
     return reports
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer of at least ``minimum``, else argparse's one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least "
+                                             f"{minimum}")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.bench",
@@ -659,12 +673,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", choices=DTYPES,
                         help="computation dtype (default: auto: bfloat16 on GPU/TPU, float32 "
                              "on CPU)")
-    parser.add_argument("--steps", type=int, default=50,
+    parser.add_argument("--steps", type=_count(1), default=50,
                         help="timed steps, split over --windows; a window of steps "
                              "shorter than 0.2 s takes more of them (default: 50)")
-    parser.add_argument("--windows", type=int, default=5,
+    parser.add_argument("--windows", type=_count(1), default=5,
                         help="timed windows; images/s is their median (default: 5)")
-    parser.add_argument("--warmup", type=int, default=2,
+    parser.add_argument("--warmup", type=_count(0), default=2,
                         help="untimed steps after compiling (default: 2)")
     parser.add_argument("--num-classes", type=int, default=1000,
                         help="classifier outputs (default: 1000)")
