@@ -3,7 +3,8 @@
 A :class:`Runner` is one compiled step of one framework. :func:`time_interleaved` times all the
 runners of a comparison window by window in turn (jaxcnn's window, then PyTorch's, then
 jaxcnn's again ...), so a machine that gets busier or quieter during the run slows every side
-alike and their ratio holds; each side's figure is the median over its windows.
+alike and their ratio holds; each side's figure is the median over its windows. Each window
+starts with one untimed step (:data:`LEAD_IN_STEPS`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ class Runner:
 
 MAX_STEPS_PER_WINDOW = 10_000
 
+LEAD_IN_STEPS = 1
+"""Untimed steps that start every window: the first step after the other side's window pays
+for the pause, not for the framework. A step's memory that lay unused for a few seconds costs
+much more to touch again than memory a step freed just before, most of all in a virtual
+machine that hands free memory back to its host: EfficientNet-B0's train step at 224 px
+(batch 32, 2-core AVX-512 VM, 2026-12-04) took 1.26-1.49 s in a run of steps and 5.0, 5.8 and
+9.4 s as the first after 3, 6 and 10 s of pause, the next ones 1.3 s again. Training runs its
+steps back to back, so that first step is not what a user waits for; a window of two steps
+that includes it read 13 images/s where steps in a row give 24."""
+
 
 def _run(runner: Runner, steps: int) -> float:
     """Seconds that ``steps`` steps of ``runner`` take, waited for."""
@@ -55,7 +66,8 @@ def time_interleaved(runners: Mapping[str, Runner], *, steps: int, windows: int,
     steps after the warm-up (where the warm-up's steps were short), and first runs one such
     window untimed: a window of a few 1-ms steps times the dispatch of the first call after a
     wait as much as the steps, and a warm-up of a step or two leaves them cold (LeNet-5 on 2
-    cores: 0.63x of PyTorch eager with 2 steps a window after one, 1.08x with 100 after 20)."""
+    cores: 0.63x of PyTorch eager with 2 steps a window after one, 1.08x with 100 after 20).
+    Every window starts with :data:`LEAD_IN_STEPS` untimed steps."""
     base = max(1, steps // windows)
     per_window: dict[str, int] = {}
     for name, runner in runners.items():
@@ -74,6 +86,7 @@ def time_interleaved(runners: Mapping[str, Runner], *, steps: int, windows: int,
     for _ in range(windows):
         for name, runner in runners.items():
             runner.enter()
+            _run(runner, LEAD_IN_STEPS)
             seconds[name].append(_run(runner, per_window[name]))
     return {name: {
         "images_per_sec": statistics.median(per_window[name] * batch_size / s for s in spent),
