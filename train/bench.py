@@ -675,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
                              "on CPU)")
     parser.add_argument("--steps", type=_count(1), default=50,
                         help="timed steps, split over --windows; a window of steps "
-                             "shorter than 0.2 s takes more of them (default: 50)")
+                             f"shorter than {MIN_WINDOW_S:g} s takes more of them (default: 50)")
     parser.add_argument("--windows", type=_count(1), default=5,
                         help="timed windows; images/s is their median (default: 5)")
     parser.add_argument("--warmup", type=_count(0), default=2,
