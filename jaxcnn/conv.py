@@ -15,7 +15,9 @@ The same numbers come out of other formulations, each one a handful of XLA opera
   the flipped kernel, that convolution computed as :func:`choose` routes its forward pass.
   Its own value is slow; its input gradient *is* that convolution;
 * ``"tapwise"``: im2col without the patches, one (batched) matrix product per kernel tap
-  over the image with its groups leading, summed.
+  over the image with its groups leading, summed;
+* ``"split"``: a grouped convolution as one ungrouped ``lax.conv_general_dilated`` per group,
+  side by side.
 
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature; it picks a
 formulation at trace time from the backend and the shape (:func:`choose`) and differentiates
@@ -51,7 +53,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-FORMULATIONS = ("xla", "im2col", "shifted", "flipped", "tapwise")
+FORMULATIONS = ("xla", "im2col", "shifted", "flipped", "tapwise", "split")
 AUTO = "auto"
 
 NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
@@ -313,6 +315,41 @@ def tapwise_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) ->
     return _from_group_major(y, s)
 
 
+def split_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> jax.Array:
+    # One ungrouped XLA convolution per group over the group's channels, the outputs side by
+    # side: independent operations XLA's CPU runtime may run at once, each a dense convolution
+    # (the same convolutions one group at a time in a loop, lax.map, took 10.5 ms at 14x14x512
+    # with 16 a group, batch 32, where these took 6.6 and the grouped convolution 20).
+    cg, og = s.group_in, s.out_channels // s.groups
+    ys = [lax.conv_general_dilated(x[..., g * cg:(g + 1) * cg], w[..., g * og:(g + 1) * og],
+                                   s.strides, s.pads, dimension_numbers=NHWC,
+                                   precision=precision)
+          for g in range(s.groups)]
+    return ys[0] if s.groups == 1 else jnp.concatenate(ys, axis=-1)
+
+
+SPLIT_GROUP_IN = 16
+"""Grouped convolutions with at least this many input channels a group (ResNeXt-50's last two
+stages, AlexNet's towers) take their forward pass as one XLA convolution per group
+(``"split"``) onto maps of :data:`SPLIT_MIN_MAP` pixels or more. Batch 32, AVX-512, under
+:func:`jit`, XLA's grouped convolution -> split: 14x14x512 with 16 a group 20.5 -> 6.9 ms
+(PyTorch 3.4), 7x7x1024 with 32 7.6 -> 4.2, 28x28x512 at stride 2 30.1 -> 14.9, AlexNet's
+27x27x96 -> 256 in two towers 40.3 -> 35.8."""
+
+SPLIT_MIN_MAP = 7 * 7
+"""The split formulation and the per-tap kernel gradient of grouped convolutions are taken onto
+output maps of at least this many pixels (ResNeXt's last stage at 224 px: 7x7). Each group's
+convolution costs XLA about 14 ms of compilation (ResNeXt-101 64x4d's forward pass at 64 px
+compiled in 7.4 s split against 2.1), and onto smaller maps there is little to win: at 4x4x512
+with 16 channels a group, batch 32, 0.5 against 0.9 ms; onto 2x2 with padding split is 2-7
+times slower than XLA and im2col."""
+
+SPLIT_INPUT_GRAD_GROUP_IN = 48
+"""From this many input channels a group (AlexNet's towers: 48 and 192) the input gradient
+takes the split formulation too (27x27x96 -> 256: im2col 73.4 -> 37.8 ms, 13x13x384 25.3 ->
+16.7); with 16-32 a group (ResNeXt) it was level with im2col's or slower (14x14x512 14.5
+against 13.9 ms, 8x8x512 at stride 2 5.4 against 2.1)."""
+
 BROADCAST_GROUP_IN = 8
 """Grouped convolutions with at most this many input channels per group take the shifted sum
 as elementwise products, one per tap and input channel of a group, each broadcast over the
@@ -382,7 +419,7 @@ def flipped_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) ->
 
 _IMPLEMENTATIONS: dict[str, Callable[..., jax.Array]] = {
     "xla": xla_conv, "im2col": im2col_conv, "shifted": shifted_conv, "flipped": flipped_conv,
-    "tapwise": tapwise_conv,
+    "tapwise": tapwise_conv, "split": split_conv,
 }
 
 
@@ -479,23 +516,30 @@ def choose(s: Shape, backend: str) -> Route:
 
     * depthwise convolutions, every pass: the elementwise sum of shifted slices (XLA runs
       them at a few percent of its speed, the kernel gradient at a fraction of a percent);
-    * other grouped convolutions, both gradients: im2col, one batched product for all groups
-      (XLA's kernel gradient, a batch-grouped convolution, runs below 1 GFLOP/s); where the
-      patches would be too large, the shifted sum. Their forward pass stays with XLA, whose
-      Eigen convolution beats im2col's there (batch 32; 14x14x512 and 16 channels a group 41
-      against 73 ms, 7x7x1024 25 against 27, 14x14x1024 at stride 2 33 against 42, AlexNet's
-      towers 13x13x384 50 against 71, 27x27x96 24 against 47; before CPU_COMPILER_OPTIONS
-      im2col took it too). With
-      :data:`BROADCAST_GROUP_IN` or fewer channels a group the forward pass is the shifted
-      sum of broadcast products instead, the gradients im2col (the batch in slices where the
-      patches would be too large): ResNeXt-50's inference at 32/64/224 px 1.35/1.38/2.1 times
-      faster, its train step unchanged. At stride 1 their input gradient is that broadcast sum
-      too, over the output's gradient with the flipped kernel (``"flipped"``; batch 32, 4
-      channels a group: 16x16x128 19.7 -> 3.2 ms, 32x32x128 58 -> 9.6, 56x56x128 252 -> 32;
-      8 a group: 8x8x256 4.6 -> 3.3, 56x56x256 409 -> 153), and their kernel gradient one
-      product per tap (``"tapwise"``: 16x16x128 28 -> 21 ms, 32x32x128 112 -> 49, 56x56x128
-      450 -> 235, 8x8x256 10.4 -> 8.3, 28x28x256 140 -> 91; strided ones keep im2col's,
-      16x16x256 at stride 2 10.6 against 13.7);
+    * other grouped convolutions: XLA's grouped convolution is slow in every pass (its kernel
+      gradient, a batch-grouped convolution, below 1 GFLOP/s), and the routes depend on the
+      channels a group. With :data:`BROADCAST_GROUP_IN` or fewer (ResNeXt's first two
+      stages) the forward pass is the shifted sum of broadcast products (ResNeXt-50's
+      inference at 32/64/224 px 1.35/1.38/2.1 times faster than with im2col) and at stride 1
+      the input gradient that sum over the output's gradient with the flipped kernel
+      (``"flipped"``; batch 32, 4 channels a group: 16x16x128 19.7 -> 3.2 ms, 56x56x128 252
+      -> 32; 8 a group: 56x56x256 409 -> 153), strided im2col. With
+      :data:`SPLIT_GROUP_IN` or more the forward pass is one XLA convolution per group
+      (``"split"``, there the constant's figures), the input gradient im2col (one batched
+      product for all groups), from :data:`SPLIT_INPUT_GRAD_GROUP_IN` on split too. Whatever
+      the width, the kernel gradient is split at stride 1 and one product per tap
+      (``"tapwise"``) strided (batch 32, AVX-512, ms, before -> after: 4 a group 56x56x128
+      127 -> 63, 16x16x128 10.3 -> 3.0; 8 a group 28x28x256 46 -> 25; 16 a group 14x14x512
+      53 -> 12; 32 a group 7x7x1024 32 -> 11; AlexNet's towers 27x27x96 -> 256 77 -> 36;
+      strided 56x56x256 127 -> 85, 28x28x512 60 -> 30, 14x14x1024 33 -> 20). In-process A/B
+      of whole steps against the earlier routes (XLA forward, im2col and tapwise kernel
+      gradients; 2026-12-04, AVX-512, batch 32, images/s): ResNeXt-50 at 224 px inference
+      27.6 -> 32.4, train 6.6 -> 7.0; at 64 px train 82 -> 90 (inference level); at 32 px
+      level; AlexNet's two towers at 227 px inference 161 -> 184, train 56 -> 63. The price
+      is compilation: ResNeXt-50's train step 8 -> 18 s at 224 px, 7.5 -> 13 at 64. Onto maps
+      smaller than
+      :data:`SPLIT_MIN_MAP` the forward pass of 16 or more channels a group stays with XLA
+      and the kernel gradients with im2col (tapwise at stride 1 for 8 or fewer);
     * 1x1 convolutions, every pass: one matrix product (XLA's kernel gradient runs at 15-41 %
       of the product's speed, its forward pass and input gradient at 30-90 %);
     * a kernel that covers its output map and overhangs it (a padded 3x3 onto 2x2 or 1x1,
@@ -532,12 +576,19 @@ def choose(s: Shape, backend: str) -> Route:
         return Route.all("shifted")
     fits = s.patch_bytes <= MAX_PATCH_BYTES
     if s.groups > 1:
+        # Onto maps of SPLIT_MIN_MAP pixels or more, the kernel gradient takes one convolution
+        # per group at stride 1 and one product per tap strided.
+        large = s.out_h * s.out_w >= SPLIT_MIN_MAP
+        kernel = None if not large else "split" if s.strides == (1, 1) else "tapwise"
         if s.group_in <= BROADCAST_GROUP_IN and s.batch_chunks is not None:
             if applies("flipped", s):
-                return Route("shifted", "flipped", "tapwise")
-            return Route("shifted", "im2col", "im2col")
+                return Route("shifted", "flipped", kernel or "tapwise")
+            return Route("shifted", "im2col", kernel or "im2col")
         gradients = "im2col" if fits else "shifted"
-        return Route("xla", gradients, gradients)
+        if not large or s.group_in < SPLIT_GROUP_IN:
+            return Route("xla", gradients, gradients)
+        return Route("split", "split" if s.group_in >= SPLIT_INPUT_GRAD_GROUP_IN else gradients,
+                     kernel)
     if s.taps == 1:
         return Route.all("im2col")
     covers = s.kh >= s.out_h and s.kw >= s.out_w

@@ -196,20 +196,32 @@ SLOW_ON_CPU = {
     # ResNeXt-50's grouped 3x3 with 4 channels a group at 64 px: forward 17 -> 2.1 ms alone
     # (im2col -> the broadcast shifted sum; PyTorch 1.3); its input gradient the same sum over
     # the output's gradient with the flipped kernel (im2col 19.7 -> 3.2 ms; at 224 px, 56x56,
-    # 252 -> 32), its kernel gradient one product per tap without patches (28 -> 21 ms; 450 ->
-    # 235). Strided, both gradients stay with im2col. With 16 channels a group im2col stays
-    # (2.3 ms; broadcast 27).
+    # 252 -> 32), its kernel gradient one XLA convolution per group (tapwise 10.3 -> 3.0 ms;
+    # at 224 px 127 -> 63). Strided, the input gradient stays with im2col, the kernel
+    # gradient takes one product per tap (56x56x256 at stride 2: 127 -> 85 ms).
     "grouped 3x3, 4 a group": ((32, 16, 16, 128), (3, 3, 4, 128), (1, 1), ((1, 1), (1, 1)), 32,
-                               conv.Route("shifted", "flipped", "tapwise")),
+                               conv.Route("shifted", "flipped", "split")),
     "grouped 3x3, 4 a group at 224 px": ((32, 56, 56, 128), (3, 3, 4, 128), (1, 1),
                                          ((1, 1), (1, 1)), 32,
-                                         conv.Route("shifted", "flipped", "tapwise")),
+                                         conv.Route("shifted", "flipped", "split")),
     "grouped 3x3 s2, 8 a group": ((32, 16, 16, 256), (3, 3, 8, 256), (2, 2), ((1, 1), (1, 1)),
-                                  32, conv.Route("shifted", "im2col", "im2col")),
-    # 16 channels a group and more: the forward pass with XLA's Eigen convolution (4x4x512:
-    # 2.4 ms, im2col 3.9; 14x14x512 at 224 px 41 against 73).
-    "grouped 3x3, 16 a group": ((32, 4, 4, 512), (3, 3, 16, 512), (1, 1), ((1, 1), (1, 1)), 32,
-                                conv.Route("xla", "im2col", "im2col")),
+                                  32, conv.Route("shifted", "im2col", "tapwise")),
+    # 16 channels a group and more: the forward pass and the kernel gradient one XLA
+    # convolution per group (14x14x512 at 224 px: forward 20.5 -> 6.9 ms, PyTorch 3.4; kernel
+    # gradient im2col 53 -> 12), the input gradient im2col (split 14.5, im2col 13.9) ...
+    "grouped 3x3, 16 a group": ((32, 14, 14, 512), (3, 3, 16, 512), (1, 1), ((1, 1), (1, 1)),
+                                32, conv.Route("split", "im2col", "split")),
+    # ... onto maps of 7x7 and more; onto 4x4 XLA's forward pass stays (0.9 ms, split 0.5,
+    # im2col 1.0), each group's convolution costing about 14 ms of compilation.
+    "grouped 3x3, 16 a group onto 4x4": ((32, 4, 4, 512), (3, 3, 16, 512), (1, 1),
+                                         ((1, 1), (1, 1)), 32,
+                                         conv.Route("xla", "im2col", "im2col")),
+    "grouped 3x3 s2, 16 a group": ((32, 28, 28, 512), (3, 3, 16, 512), (2, 2),
+                                   ((1, 1), (1, 1)), 32, conv.Route("split", "im2col", "tapwise")),
+    # ... but from 48 a group on (AlexNet's towers) the input gradient too (27x27x96 -> 256:
+    # im2col 73 -> 38 ms).
+    "AlexNet's towers": ((32, 27, 27, 96), (5, 5, 48, 256), (1, 1), ((2, 2), (2, 2)), 2,
+                         conv.Route.all("split")),
     # MobileNetV2's depthwise 3x3: every pass 10-100x.
     "depthwise 3x3": ((32, 16, 16, 96), (3, 3, 1, 96), (1, 1), ((1, 1), (1, 1)), 96,
                       conv.Route.all("shifted")),
@@ -270,7 +282,7 @@ def test_cpuinfo_gives_the_model_and_the_flags(tmp_path):
 
 def test_im2col_patches_stay_bounded():
     """Where the patches would pass MAX_PATCH_BYTES, no pass builds them."""
-    s = conv.Shape((256, 27, 27, 96), (5, 5, 48, 256), (1, 1), ((2, 2), (2, 2)), 2)
+    s = conv.Shape((256, 14, 14, 512), (3, 3, 16, 512), (1, 1), ((1, 1), (1, 1)), 32)
     assert s.patch_bytes > conv.MAX_PATCH_BYTES
     assert "im2col" not in dataclasses.astuple(conv.choose(s, "cpu"))
 
@@ -334,7 +346,8 @@ def test_im2col_takes_the_batch_in_slices_where_patches_would_be_too_large(case,
 @pytest.mark.parametrize("route", [conv.Route("xla", "im2col", "xla"),
                                    conv.Route("im2col", "xla", "im2col"),
                                    conv.Route("shifted", "xla", "im2col"),
-                                   conv.Route("shifted", "flipped", "tapwise")], ids=str)
+                                   conv.Route("shifted", "flipped", "tapwise"),
+                                   conv.Route("split", "im2col", "tapwise")], ids=str)
 def test_mixed_routes_differentiate_both_ways(route):
     """Each pass may take another formulation: reverse mode (the gradients) and forward mode
     (jax.jvp) still give lax's numbers, and a gradient with respect to the kernel alone
