@@ -222,9 +222,12 @@ SLOW_ON_CPU = {
     # im2col 73 -> 38 ms).
     "AlexNet's towers": ((32, 27, 27, 96), (5, 5, 48, 256), (1, 1), ((2, 2), (2, 2)), 2,
                          conv.Route.all("split")),
-    # MobileNetV2's depthwise 3x3: every pass 10-100x.
+    # MobileNetV2's depthwise 3x3: every pass 10-100x; at stride 1 the input gradient as the
+    # shifted sum over the output's gradient with the flipped kernel (56x56x144: 38 -> 16 ms).
     "depthwise 3x3": ((32, 16, 16, 96), (3, 3, 1, 96), (1, 1), ((1, 1), (1, 1)), 96,
-                      conv.Route.all("shifted")),
+                      conv.Route("shifted", "flipped", "shifted")),
+    "depthwise 3x3 s2": ((32, 16, 16, 96), (3, 3, 1, 96), (2, 2), ((1, 1), (1, 1)), 96,
+                         conv.Route.all("shifted")),
     # Strided 3x3 onto larger maps: the input gradient (56x56x64 -> 128: 51 -> 35 ms under
     # conv.jit, 2026-12-04); its kernel gradient stays with XLA's Eigen convolution (36 ms,
     # im2col 46), as do those of the 3x3 onto 56x56 maps (VGG-16's 56x56x256: 725, im2col
