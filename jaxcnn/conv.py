@@ -517,9 +517,9 @@ def choose(s: Shape, backend: str) -> Route:
     * depthwise convolutions, every pass: the elementwise sum of shifted slices (XLA runs
       them at a few percent of its speed, the kernel gradient at a fraction of a percent); at
       stride 1 the input gradient as that sum over the output's gradient with the flipped
-      kernel (``"flipped"``: 56x56x144, batch 32, 38 -> 16 ms; in-process A/B of train steps
-      at 224 px, 2026-12-04, images/s: MobileNetV2 27 -> 39-41, MobileNetV3-Large 40 -> 53,
-      EfficientNet-B0 24.8 -> 26.5, MobileNet v1 level; at 64 px MobileNetV2 and
+      kernel (``"flipped"``: 56x56x144, batch 32, 38 -> 16 ms; train steps at 224 px back to
+      back, 2026-12-04, images/s: MobileNetV2 35 -> 40, MobileNetV3-Large 45-48 -> 50-53,
+      EfficientNet-B0 24-26 -> 26-28, MobileNet v1 level; at 64 px MobileNetV2 and
       EfficientNet-B0 level within the noise);
     * other grouped convolutions: XLA's grouped convolution is slow in every pass (its kernel
       gradient, a batch-grouped convolution, below 1 GFLOP/s), and the routes depend on the
