@@ -542,9 +542,9 @@ def choose(s: Shape, backend: str) -> Route:
       27.6 -> 32.4, train 6.6 -> 7.0; at 64 px train 82 -> 90 (inference level); at 32 px
       level; AlexNet's two towers at 227 px inference 161 -> 184, train 56 -> 63. The price
       is compilation: ResNeXt-50's train step 8 -> 18 s at 224 px, 7.5 -> 13 at 64. Onto maps
-      smaller than
-      :data:`SPLIT_MIN_MAP` the forward pass of 16 or more channels a group stays with XLA
-      and the kernel gradients with im2col (tapwise at stride 1 for 8 or fewer);
+      smaller than :data:`SPLIT_MIN_MAP` the forward pass of 16 or more channels a group
+      stays with XLA and the kernel gradients with im2col (tapwise at stride 1 for 8 or
+      fewer);
     * 1x1 convolutions, every pass: one matrix product (XLA's kernel gradient runs at 15-41 %
       of the product's speed, its forward pass and input gradient at 30-90 %);
     * a kernel that covers its output map and overhangs it (a padded 3x3 onto 2x2 or 1x1,
