@@ -430,7 +430,10 @@ def implementation(name: str) -> Callable[..., jax.Array]:
 
 def applies(name: str, s: Shape) -> bool:
     """Whether formulation ``name`` computes convolution ``s``: each computes every one but
-    ``"flipped"``, only at stride 1 with padding of at most ``k - 1`` on each side."""
+    ``"flipped"``, only at stride 1 with padding of at most ``k - 1`` on each side, and
+    ``"split"``, only grouped ones (an ungrouped one it would leave as XLA's)."""
+    if name == "split":
+        return s.groups > 1
     if name == "flipped":
         (top, bottom), (left, right) = s.pads
         return s.strides == (1, 1) and max(top, bottom) < s.kh and max(left, right) < s.kw
