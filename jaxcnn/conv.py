@@ -325,7 +325,7 @@ def split_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> j
                                    s.strides, s.pads, dimension_numbers=NHWC,
                                    precision=precision)
           for g in range(s.groups)]
-    return ys[0] if s.groups == 1 else jnp.concatenate(ys, axis=-1)
+    return jnp.concatenate(ys, axis=-1)
 
 
 SPLIT_GROUP_IN = 16
