@@ -155,6 +155,33 @@ def test_every_config_field_is_a_documented_flag():
         assert flag in help_text
 
 
+@pytest.mark.slow  # ~40 s: two LeNet-5 runs of two steps, each in a process of its own
+def test_a_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
+    """``--compilation-cache DIR``: the first run writes its compiled programs there, a second
+    run of the same command compiles none of them again (it writes no entry and rewrites
+    none). jax's threshold is lowered to 0 s here: LeNet-5's steps compile faster than the
+    1 s that jax waits for by default."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "xla"
+    env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(
+               os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")])}
+
+    def run(workdir):
+        out = subprocess.run([sys.executable, "-m", "train.main", "--arch", "lenet5",
+                              "--max-steps", "2", "--no-progress", "--no-tensorboard",
+                              "--workdir", str(tmp_path / workdir), "--compilation-cache",
+                              str(cache)], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return {f.name: f.stat().st_mtime_ns for f in cache.iterdir()}
+
+    first = run("a")
+    assert any(name.startswith("jit_") for name in first), first
+    assert run("b") == first
+
+
 def test_flags_parse_into_the_config():
     config = main_lib.parse_config([
         "--arch", "resnet18", "--batch-size", "32", "--lr", "0.3", "--optimizer", "lamb",

@@ -166,6 +166,10 @@ class Config:
     checkpoint_every: int = _f(0, "also save a checkpoint every this many steps (0: only at each "
                                "evaluation and at the end)")
     keep: int = _f(3, "keep the last this many checkpoints (plus the best one by eval accuracy)")
+    compilation_cache: str | None = _f(None, "directory where XLA keeps compiled programs "
+                                       "(jax's persistent compilation cache): a later run of "
+                                       "the same network, sizes and settings loads its steps "
+                                       "instead of compiling them; off by default")
     progress: bool = _f(True, "show a progress bar (--no-progress hides it)")
     tensorboard: bool = _f(True, "also write TensorBoard events to WORKDIR/tensorboard "
                            "(--no-tensorboard skips them and TensorFlow's start-up time)")
