@@ -12,6 +12,8 @@ import dataclasses
 import json
 import math
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -161,9 +163,6 @@ def test_a_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
     run of the same command compiles none of them again (it writes no entry and rewrites
     none). jax's threshold is lowered to 0 s here: LeNet-5's steps compile faster than the
     1 s that jax waits for by default."""
-    import subprocess
-    import sys
-
     cache = tmp_path / "xla"
     env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
            "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(

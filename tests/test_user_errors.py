@@ -1,7 +1,8 @@
 """Bad input to the command lines: one clear line (exit status 2), never a traceback.
 
 Weights files for ``python -m jaxcnn.convert`` and ``--pretrained``; image folders with a
-corrupt image, an empty class, a single class, or a test class that train/ lacks.
+corrupt image, an empty class, a single class, or a test class that train/ lacks; a
+``--compilation-cache`` that is not a directory one can write to.
 """
 
 from __future__ import annotations
@@ -122,3 +123,20 @@ def test_folders_a_network_cannot_learn_are_refused(tmp_path, capsys):
     name = _folder(tmp_path / "extra", {"a": 2, "b": 2}, {"a": 1, "b": 1, "c": 1})
     assert ip.dataset_info(name).num_classes == 3
     assert "test/ has images of class(es) c that train/ lacks" in capsys.readouterr().err
+
+
+def test_an_unusable_compilation_cache_is_one_line(tmp_path, capsys):
+    """``--compilation-cache`` naming a file (or a directory that cannot be written): status 2
+    and one line that names the option and the fix, before any training."""
+    from train import main as main_lib
+
+    not_a_directory = tmp_path / "cache"
+    not_a_directory.write_text("")
+    workdir = tmp_path / "run"
+    assert main_lib.main(["--arch", "lenet5", "--max-steps", "1", "--no-progress",
+                          "--workdir", str(workdir), "--compilation-cache",
+                          str(not_a_directory)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --compilation-cache {not_a_directory}: cannot keep")
+    assert "pass a directory you can write to" in err and err.count("\n") == 1
+    assert not workdir.exists()
