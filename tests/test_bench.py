@@ -45,6 +45,35 @@ def test_the_torch_network_is_the_variants_reference():
         bench_torch.reference_name("nin_cifar10")
 
 
+# The families that issue 12 names for the CPU table, in its words.
+ISSUE_FAMILIES = {"LeNet": "lenet5", "AlexNet": "alexnet", "VGG": "vgg", "GoogLeNet": "googlenet",
+                  "Inception v3": "inception_v3", "ResNet": "resnet", "ResNeXt": "resnext",
+                  "SE-ResNet": "seresnet", "MobileNet v1": "mobilenet_v1",
+                  "MobileNet v2": "mobilenet_v2", "MobileNet v3": "mobilenet_v3",
+                  "EfficientNet": "efficientnet", "DenseNet": "densenet"}
+
+
+@pytest.mark.parity
+def test_the_cpu_suite_covers_every_family_with_a_torch_reference():
+    from train import bench_torch
+
+    args = bench.parse_args(["--suite", "cpu"])
+    for family, prefix in ISSUE_FAMILIES.items():
+        assert any(a.startswith(prefix) for a in args.arch), family
+    for arch in args.arch:
+        bench_torch.reference_name(arch)  # raises NoReference where PyTorch has none
+    assert (args.batch_size, args.dtype, args.compare, args.torch_modes, args.isolate) == (
+        32, "float32", "torch", ["eager"], 2)
+    assert bench.sweep_rows(args.arch, args.image_size)[:4] == [
+        ("lenet5", 32), ("alexnet", 63), ("alexnet", 64), ("alexnet", 224)]
+
+
+def test_flags_given_with_a_suite_win():
+    args = bench.parse_args(["--suite", "cpu", "--arch", "resnet18", "--isolate", "0"])
+    assert (args.arch, args.isolate, args.image_size) == (["resnet18"], 0, [32, 64, 224])
+    assert bench.parse_args(["--suite", "gpu", "--batch-size", "8"]).batch_size == 8
+
+
 def test_sweep_rows_raise_sizes_to_each_networks_minimum():
     # Inception v3 admits 75x75 at the least (torchvision's own check); LeNet-5 takes 32x32
     # only, whatever the sweep's sizes.

@@ -14,9 +14,10 @@ heads), window by window in turn (:mod:`train.timing`), and prints the ratios as
 table after the JSON. Several ``--arch`` names or wildcards and several ``--image-size``
 values make a sweep: one row per network and size, written whole to ``--output`` (JSON) and
 ``--markdown``. ``--suite gpu`` is the GPU comparison of the issue in one call (five networks
-at 224, bfloat16, batch 256, against ``torch.compile``). ``--input-pipeline`` adds the images/s
-of the TFDS input pipeline (JPEG decoding, random-resized crop and flip at 224) on synthetic
-JPEGs of ImageNet's typical size.
+at 224, bfloat16, batch 256, against ``torch.compile``), ``--suite cpu`` the CPU one (every
+family at 32, 64 and 224 px, float32, batch 32, against PyTorch eager). ``--input-pipeline``
+adds the images/s of the TFDS input pipeline (JPEG decoding, random-resized crop and flip at
+224) on synthetic JPEGs of ImageNet's typical size.
 """
 
 from __future__ import annotations
@@ -56,6 +57,18 @@ GPU_SUITE = {"arch": ["resnet50", "efficientnet_b0", "mobilenet_v2", "seresnet50
 """``--suite gpu``: the issue's GPU table. Designed for 8 minutes on an H100; on an H200
 (2026-12-04) its first three rows took 2:24, 4:38 and 3:50, mostly compiling (README).
 Flags given with it win (``--suite gpu --batch-size 8 --image-size 64`` checks it on a CPU)."""
+
+CPU_SUITE = {"arch": ["lenet5", "alexnet", "vgg16", "googlenet", "inception_v3", "resnet18",
+                      "resnet50", "resnext50_32x4d", "seresnet50", "mobilenet_v1", "mobilenet_v2",
+                      "mobilenet_v3_large", "efficientnet_b0", "densenet121"],
+             "image_size": [32, 64, 224], "batch_size": 32, "dtype": "float32",
+             "compare": "torch", "torch_modes": ["eager"], "isolate": 2, "steps": 6,
+             "windows": 3, "warmup": 1}
+"""``--suite cpu``: every family of the canon at 32, 64 and 224 px (raised to a network's
+minimum; LeNet-5 at its own 32), batch 32, float32, against PyTorch eager, each framework in
+processes of its own, two rounds in turn: the CPU table in README (about an hour on 2 cores)."""
+
+SUITES = {"gpu": GPU_SUITE, "cpu": CPU_SUITE}
 
 
 def restrict_cores(count: int) -> None:
@@ -657,7 +670,8 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, a ``--suite``'s settings under the flags given with it."""
     parser = argparse.ArgumentParser(
         prog="python -m train.bench",
         description="Time the train and inference steps of a network on synthetic data "
@@ -704,9 +718,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--side", choices=("jaxcnn", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--input-pipeline", action="store_true",
                         help="also time the TFDS input pipeline at 224 px (images/s per core)")
-    parser.add_argument("--suite", choices=("gpu",),
+    parser.add_argument("--suite", choices=tuple(SUITES),
                         help="gpu: ResNet-50, EfficientNet-B0, MobileNetV2, SE-ResNet-50, "
-                             "VGG-16 at 224, bfloat16, batch 256, against torch.compile")
+                             "VGG-16 at 224, bfloat16, batch 256, against torch.compile; "
+                             "cpu: every family at 32, 64 and 224 px, float32, batch 32, "
+                             "against PyTorch eager (--isolate 2); flags given with it win")
     parser.add_argument("--budget-minutes", type=float,
                         help="sweeps: start no row after this many minutes")
     parser.add_argument("--threads", type=int,
@@ -716,9 +732,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="also write the JSON report to this file")
     parser.add_argument("--markdown", help="also write the Markdown table to this file")
     args = parser.parse_args(argv)
-    if args.suite == "gpu":  # the suite's settings, under any flag given on the command line
-        parser.set_defaults(**GPU_SUITE, input_pipeline=True)
+    if args.suite:  # the suite's settings, under any flag given on the command line
+        parser.set_defaults(**SUITES[args.suite], input_pipeline=True)
         args = parser.parse_args(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.threads:
         restrict_cores(args.threads)
     if args.compare or args.suite:
