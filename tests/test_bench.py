@@ -102,6 +102,12 @@ def test_markdown_shows_ratios_and_what_failed():
     assert "cores, Test CPU, AVX2)" in table
 
 
+def test_rates_below_ten_keep_a_decimal():
+    # VGG-16 trains at 3-4 images/s at 224 px on 2 cores: "3" and "4" would hide a 1.13x.
+    assert [bench._fmt(v) for v in (3.42, 12.4, 1234.4, None)] == ["3.4", "12", "1,234", "—"]
+    assert bench._fmt(0.4, 2) == "0.40"
+
+
 @pytest.mark.parametrize("lines, expected", [
     (["model name\t: AMD EPYC 9B14", "flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw"],
      "AMD EPYC 9B14, AVX-512"),
