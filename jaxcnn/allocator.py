@@ -32,8 +32,8 @@ Two cures, measured on that machine:
   MALLOC_TRIM_THRESHOLD_=2147483647``. ``mallopt`` takes the trim threshold as an int, so a
   freed block above 2 GiB is above any threshold it can set: MobileNetV2's train step at 224
   px (4.4 GiB of temporaries) faulted 1.1 million 4-KiB pages a step under it. glibc's tunables
-  take a larger threshold, but the step ran slower that way (0.96 s against 0.78 with huge pages) in a
-  heap that grew to 14.9 GiB.
+  take a larger threshold, but the step ran slower that way (0.96 s against 0.78 with huge
+  pages) in a heap that grew to 14.9 GiB.
 
 ``JAXCNN_MALLOC=default`` leaves glibc as it is. Where the environment already tunes ``malloc``
 (any of :data:`USER_CHOICES`) or preloads another allocator, neither is applied. PyTorch's CPU
