@@ -80,7 +80,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcnn import layers
+from jaxcnn import conv, layers
 from jaxcnn.spec import (
     Converter, ModelSpec, NotMine, Published, groups, keras_leaf, keras_parts, lookup, number,
     torch_leaf, torch_parts, torchvision_meta,
@@ -124,7 +124,8 @@ class _ResidualBlock(nn.Module):
                 features, self.downsample_kernel, strides=self.strides, act=None,
                 name="downsample",
             )(x, train=train)
-        return nn.relu(y + shortcut)
+        # The next block reads the sum twice: stored once, not recomputed (conv.kept_on_cpu).
+        return conv.kept_on_cpu(nn.relu(y + shortcut))
 
 
 class BasicBlock(_ResidualBlock):
