@@ -1,5 +1,8 @@
 """The Applications table: its definitions against keras.io's figures, its rendering, the chart."""
 
+import json
+import os
+
 import jax
 import pytest
 
@@ -59,6 +62,18 @@ def test_time_inference_takes_keras_batches_within_its_budget():
     assert full["dtype"] == ("float32" if jax.default_backend() == "cpu" else "bfloat16")
 
 
+@pytest.mark.slow
+def test_each_network_is_timed_in_a_process_of_its_own(tmp_path):
+    results = tmp_path / "timings.json"
+    assert applications.main(["--arch", "lenet5", "lenet_300_100", "--batches", "3",
+                              "--batch-size", "2", "--results", str(results), "--readme", "",
+                              "--chart", ""]) == 0
+    (timings,) = json.loads(results.read_text())["timings"].values()
+    pids = {timings[name]["pid"] for name in ("lenet5", "lenet_300_100")}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert all(timings[name]["batches"] == 3 for name in ("lenet5", "lenet_300_100"))
+
+
 def _rows():
     row = {"name": "resnet50", "input_shape": [224, 224, 3], "size_mb": 97.8, "top1": 76.13,
            "top1_source": "torchvision meta acc@1", "top5": 92.862,
@@ -88,6 +103,26 @@ def test_table_marks_short_measurements_and_cites_sources(tmp_path):
     (tmp_path / "bare.md").write_text("no markers")
     with pytest.raises(SystemExit, match="no <!-- applications-table:start -->"):
         applications.update_readme(tmp_path / "bare.md", table)
+
+
+def test_keras_timings_belong_to_the_keras_networks():
+    # keras.io times its own networks: each row that shows its figures must be the network whose
+    # Keras total keras.io publishes (resnet50_keras, not torchvision's resnet50).
+    for name in applications.KERAS_MS:
+        sources = [p.source for p in jaxcnn.model_info(name).published
+                   if p.metric == "keras_total"]
+        assert any(s.startswith("keras.io Applications table") for s in sources), name
+    assert "resnet50" not in applications.KERAS_MS
+
+
+def test_table_shows_keras_timings_beside_ours():
+    rows = [{**_rows()[0], "name": "resnet50_keras"}, _rows()[1]]
+    timings = {"CPU: 2 cores": {"resnet50_keras": {"ms_per_step": 900.0, "batches": 30}}}
+    table = applications.markdown_table(rows, timings)
+    # keras.io, current revision: ResNet50 58.2 ms (CPU) and 4.6 ms (GPU) per step.
+    assert "| 900.0 | 58.2 / 4.6<sup>3</sup> |" in table
+    assert "3. keras.io Applications table (current revision" in table
+    assert table.splitlines()[3].endswith("|  |  |")  # lenet5: neither ours nor keras.io's
 
 
 @pytest.mark.slow
