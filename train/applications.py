@@ -150,9 +150,8 @@ def time_isolated(name: str, **options: Any) -> dict[str, Any]:
     import subprocess
     import tempfile
 
-    root = pathlib.Path(__file__).resolve().parent.parent  # where train/ is
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    from train.bench import child_env
+
     with tempfile.TemporaryDirectory(prefix="jaxcnn-applications-") as tmp:
         results = pathlib.Path(tmp) / "timing.json"
         argv = [sys.executable, "-m", "train.applications", "--arch", name, "--no-isolate",
@@ -160,7 +159,7 @@ def time_isolated(name: str, **options: Any) -> dict[str, Any]:
                 "--batch-size", str(options["batch_size"]), "--batches", str(options["batches"])]
         if options.get("max_seconds") is not None:
             argv += ["--max-seconds", str(options["max_seconds"])]
-        done = subprocess.run(argv, stdout=subprocess.DEVNULL, env=env)
+        done = subprocess.run(argv, stdout=subprocess.DEVNULL, env=child_env())
         if done.returncode or not results.exists():
             raise RuntimeError(f"the process timing {name} exited with status "
                                f"{done.returncode}; its error is above")

@@ -357,6 +357,14 @@ def _with_ratios(report: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+def child_env() -> dict[str, str]:
+    """This process's environment with the project root first on ``PYTHONPATH``, so that a
+    child ``python -m train...`` finds ``train/`` from any working directory."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where train/ is
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+
 def run_isolated(arch: str, *, rounds: int, image_size: int | None,
                  torch_modes: tuple[str, ...], **options: Any) -> dict[str, Any]:
     """``run_benchmark(compare="torch")`` with each framework in a process of its own, as a
@@ -371,9 +379,7 @@ def run_isolated(arch: str, *, rounds: int, image_size: int | None,
     import subprocess
 
     sides = [("jaxcnn", None)] + [("torch", mode) for mode in torch_modes]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where train/ is
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = child_env()
     runs: dict[tuple[str, str | None], list[dict[str, Any]]] = {s: [] for s in sides}
     with tempfile.TemporaryDirectory(prefix="jaxcnn-bench-") as tmp:
         for round_ in range(rounds):
