@@ -79,6 +79,11 @@ def policy(name: str) -> Iterator[None]:
         _POLICY.reset(token)
 
 
+def _automatic_on_cpu() -> bool:
+    # The automatic choice on the CPU: where the CPU-only workarounds (kept inputs) apply.
+    return _POLICY.get() == AUTO and jax.default_backend() == "cpu"
+
+
 def reroutes() -> bool:
     """Whether code traced now leaves XLA's own windowed operations for the formulations of
     this module: on the CPU under the automatic choice, everywhere under a forced formulation
@@ -668,9 +673,7 @@ def kept_on_cpu(x: jax.Array) -> jax.Array:
     inference 38.6-39.3 -> 41.8-42.0, train level; ResNeXt-50 at 64 px inference 464-478 ->
     500-510, train 92-100 -> 101-103; ResNet-18 at 64 px (two blocks a stage) level within
     the noise (inference 1,300-1,350 -> 1,245-1,293)."""
-    if _POLICY.get() == AUTO and jax.default_backend() == "cpu":
-        return kept(x)
-    return x
+    return kept(x) if _automatic_on_cpu() else x
 
 
 def routed(x: jax.Array, w: jax.Array, s: Shape, route: Route, precision: Any = None,
@@ -731,8 +734,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         return native()
     s = Shape(lhs.shape, rhs.shape, window_strides, pads, feature_group_count)
     route = _route(s)
-    keep = (_POLICY.get() == AUTO and jax.default_backend() == "cpu"
-            and route.kernel_grad in KEPT_INPUT_KERNEL_GRADS)
+    keep = _automatic_on_cpu() and route.kernel_grad in KEPT_INPUT_KERNEL_GRADS
     return routed(lhs, rhs, s, route, precision, keep)
 
 

@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                                    max_seconds=args.max_seconds)
             except Exception as err:  # noqa: BLE001 - one network's failure is recorded
                 mine[name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
-            jax.clear_caches()
+            if not args.isolate:  # the next network compiles in this process
+                jax.clear_caches()
             if results_path:  # after every network: a stopped run keeps what it measured
                 write_json_atomic(str(results_path), {"timings": timings})
     table = markdown_table(rows, timings)
