@@ -17,7 +17,11 @@ The same numbers come out of other formulations, each one a handful of XLA opera
 * ``"tapwise"``: im2col without the patches, one (batched) matrix product per kernel tap
   over the image with its groups leading, summed;
 * ``"split"``: a grouped convolution as one ungrouped ``lax.conv_general_dilated`` per group,
-  side by side.
+  side by side;
+* ``"spread"``: the shifted sum the other way round, each tap's product formed over the
+  whole image and shifted afterwards. Slower forward when strided; transposed for the
+  kernel gradient at stride 1 it reads the image itself, the shifts falling on the
+  output's gradient.
 
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature; it picks a
 formulation at trace time from the backend and the shape (:func:`choose`) and differentiates
@@ -55,7 +59,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-FORMULATIONS = ("xla", "im2col", "shifted", "flipped", "tapwise", "split")
+FORMULATIONS = ("xla", "im2col", "shifted", "flipped", "tapwise", "split", "spread")
 AUTO = "auto"
 
 NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
@@ -365,6 +369,19 @@ times faster than im2col alone, batch 32, 2026-12-03). From 16 channels a group 
 times slower than im2col."""
 
 
+def _tap_product(v: jax.Array, kernel: jax.Array, s: Shape, precision: Any = None
+                 ) -> jax.Array:
+    """``v`` (N, h, w, in) times one tap of the kernel, (group_in, out): (N, h, w, out)."""
+    g, cg, og = s.groups, s.group_in, s.out_channels // s.groups
+    if s.depthwise:  # one input channel per output channel: elementwise
+        return v * kernel[0]
+    if g == 1:
+        return _matmul(v, kernel, precision)
+    term = jnp.einsum("nhwgc,cgo->nhwgo", v.reshape(*v.shape[:3], g, cg),
+                      kernel.reshape(cg, g, og), precision=precision)
+    return term.reshape(*v.shape[:3], s.out_channels)
+
+
 def shifted_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> jax.Array:
     kernel = w.reshape(s.taps, s.group_in, s.out_channels)
     g, cg, og = s.groups, s.group_in, s.out_channels // s.groups
@@ -373,23 +390,36 @@ def shifted_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) ->
     taps, wp = _row_taps(x, s) if rows else (_taps(x, s), None)
     y = None
     for t, tap in enumerate(taps):
-        if s.depthwise:  # one input channel per output channel: elementwise
-            term = tap * kernel[t, 0]
-        elif g == 1:
-            term = _matmul(tap, kernel[t], precision)
-        elif broadcast:  # channel c of every group times its kernel row, over the group's outputs
+        if broadcast:  # channel c of every group times its kernel row, over the group's outputs
             grouped, row = tap.reshape(*tap.shape[:-1], g, cg), kernel[t].reshape(cg, g, og)
             for c in range(cg):
                 part = grouped[..., c:c + 1] * row[c]
                 term = part if c == 0 else term + part
             term = term.reshape(*tap.shape[:-1], s.out_channels)
         else:
-            term = jnp.einsum("nhwgc,cgo->nhwgo", tap.reshape(*tap.shape[:3], g, cg),
-                              kernel[t].reshape(cg, g, og), precision=precision)
-            term = term.reshape(*tap.shape[:3], s.out_channels)
+            term = _tap_product(tap, kernel[t], s, precision)
         y = term if y is None else y + term
     if rows:
         y = y.reshape(s.batch, s.out_h, wp, s.out_channels)[:, :, :s.out_w]
+    return y
+
+
+def spread_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> jax.Array:
+    # The shifted sum the other way round: each tap's product is formed over the whole input
+    # and its shift is taken afterwards, on the product. Transposed for the kernel gradient,
+    # the shifts fall on the output's gradient, and each tap's gradient reads the input
+    # itself: no shifted copy of the input is made, so none waits for the backward pass.
+    kernel = w.reshape(s.taps, s.group_in, s.out_channels)
+    sh, sw = s.strides
+    y = None
+    for t in range(s.taps):
+        i, j = divmod(t, s.kw)
+        product = jnp.pad(_tap_product(x, kernel[t], s, precision),
+                          [(0, 0), *s.pads, (0, 0)])
+        term = lax.slice(product, (0, i, j, 0),
+                         (s.batch, i + (s.out_h - 1) * sh + 1, j + (s.out_w - 1) * sw + 1,
+                          s.out_channels), (1, sh, sw, 1))
+        y = term if y is None else y + term
     return y
 
 
@@ -426,7 +456,7 @@ def flipped_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) ->
 
 _IMPLEMENTATIONS: dict[str, Callable[..., jax.Array]] = {
     "xla": xla_conv, "im2col": im2col_conv, "shifted": shifted_conv, "flipped": flipped_conv,
-    "tapwise": tapwise_conv, "split": split_conv,
+    "tapwise": tapwise_conv, "split": split_conv, "spread": spread_conv,
 }
 
 
@@ -530,7 +560,21 @@ def choose(s: Shape, backend: str) -> Route:
       kernel (``"flipped"``: 56x56x144, batch 32, 38 -> 16 ms; train steps at 224 px back to
       back, 2026-12-04, images/s: MobileNetV2 35 -> 40, MobileNetV3-Large 45-48 -> 50-53,
       EfficientNet-B0 24-26 -> 26-28, MobileNet v1 level; at 64 px MobileNetV2 and
-      EfficientNet-B0 level within the noise);
+      EfficientNet-B0 level within the noise); at stride 1 the kernel gradient as the
+      transpose of the sum the other way round (``"spread"``: each tap's product shifted
+      after it is formed), which reads the input itself where the shifted sum's read eight
+      shifted copies of it, computed by XLA's CPU scheduler in the forward pass and held
+      until the backward pass. Train steps' temporaries (XLA's memory analysis, batch 32,
+      224 px, GiB): MobileNetV2 4.44 -> 2.71, EfficientNet-B0 7.10 -> 4.06,
+      MobileNetV3-Large 3.58 -> 2.15, MobileNet v1 3.54 -> 2.07 (PyTorch's MobileNetV2
+      saves 2.34 for its backward pass). In-process A/B, images/s, median of 9 steps (range):
+      MobileNetV2 at 224 px 33.2 (5.8-37.6) -> 34.0 (30.3-36.5), MobileNet v1 35.4
+      (18.5-36.9) -> 36.6 (35.7-38.7), MobileNetV3-Large 29.9 -> 43.6 (both sides bimodal,
+      26-50), EfficientNet-B0 25.0 -> 24.9 (18 steps; steady back to back at 24-25); at
+      64 px MobileNetV2 479 -> 509, EfficientNet-B0 305 -> 312, MobileNetV3-Large 470 ->
+      589, MobileNet v1 524 -> 549. Strided, the same formulation made every tap's product
+      at the input's full size, four times the work (MobileNetV2 at 224 px 29.7 images/s,
+      EfficientNet-B0 19.9), and the strided kernel gradients keep the shifted sum;
     * other grouped convolutions: XLA's grouped convolution is slow in every pass (its kernel
       gradient, a batch-grouped convolution, below 1 GFLOP/s), and the routes depend on the
       channels a group. With :data:`BROADCAST_GROUP_IN` or fewer (ResNeXt's first two
@@ -588,7 +632,9 @@ def choose(s: Shape, backend: str) -> Route:
     if backend != "cpu":
         return XLA
     if s.depthwise:
-        return Route("shifted", "flipped" if applies("flipped", s) else "shifted", "shifted")
+        stride1 = s.strides == (1, 1)
+        return Route("shifted", "flipped" if applies("flipped", s) else "shifted",
+                     "spread" if stride1 else "shifted")
     fits = s.patch_bytes <= MAX_PATCH_BYTES
     if s.groups > 1:
         # Onto maps of SPLIT_MIN_MAP pixels or more, the kernel gradient takes one convolution

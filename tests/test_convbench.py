@@ -19,7 +19,8 @@ def test_lenet5_convolutions_are_collected_and_classed():
 def test_a_timed_shape_reports_every_formulation_and_a_summary_without_typical_says_so():
     key = convbench.ConvKey(4, 4, 8, 3, 3, 8, (1, 1), ((1, 1), (1, 1)), 1)
     row = convbench.time_shape(key, batch=2, rounds=1)
-    assert set(row["formulations"]) == {"xla", "im2col", "shifted", "flipped", "tapwise"}  # stride 1
+    assert set(row["formulations"]) == {"xla", "im2col", "shifted", "flipped", "tapwise",
+                                        "spread"}  # stride 1
     assert all(f["error"] < 1e-5 for f in row["formulations"].values())
     table = convbench.format_table(convbench.summarise([row]))
     assert "3x3 3-4 s1 pad" in table and "unknown" in table  # 0.0001 GFLOP: no typical figure
