@@ -19,8 +19,8 @@ The same numbers come out of other formulations, each one a handful of XLA opera
 * ``"split"``: a grouped convolution as one ungrouped ``lax.conv_general_dilated`` per group,
   side by side;
 * ``"spread"``: the shifted sum the other way round, each tap's product formed over the
-  whole image and shifted afterwards. Slower forward when strided; transposed for the
-  kernel gradient at stride 1 it reads the image itself, the shifts falling on the
+  image (strided: over the phase of the image the tap reads) and shifted afterwards.
+  Transposed for the kernel gradient it reads the image itself, the shifts falling on the
   output's gradient.
 
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature; it picks a
@@ -405,20 +405,30 @@ def shifted_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) ->
 
 
 def spread_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> jax.Array:
-    # The shifted sum the other way round: each tap's product is formed over the whole input
-    # and its shift is taken afterwards, on the product. Transposed for the kernel gradient,
-    # the shifts fall on the output's gradient, and each tap's gradient reads the input
-    # itself: no shifted copy of the input is made, so none waits for the backward pass.
+    # The shifted sum the other way round: each tap's product is formed over the input (over
+    # the phase of the input its stride reads: every sh-th row from the tap's own, every
+    # sw-th column) and its shift is taken afterwards, on the product. Transposed for the
+    # kernel gradient the shifts fall on the output's gradient, and each tap's gradient reads
+    # the input itself (strided: one of its sh x sw phases, which together are the input).
     kernel = w.reshape(s.taps, s.group_in, s.out_channels)
+    (top, _), (left, _) = s.pads
     sh, sw = s.strides
+    zero = jnp.zeros((), x.dtype)
+    phases: dict[tuple[int, int], jax.Array] = {}
     y = None
     for t in range(s.taps):
         i, j = divmod(t, s.kw)
-        product = jnp.pad(_tap_product(x, kernel[t], s, precision),
-                          [(0, 0), *s.pads, (0, 0)])
-        term = lax.slice(product, (0, i, j, 0),
-                         (s.batch, i + (s.out_h - 1) * sh + 1, j + (s.out_w - 1) * sw + 1,
-                          s.out_channels), (1, sh, sw, 1))
+        # Padded row a + sh * p is the phase's row p; its first row in the input is r0.
+        (a, di), (b, dj) = (i % sh, i // sh), (j % sw, j // sw)
+        r0, c0 = (a - top) % sh, (b - left) % sw
+        if (a, b) not in phases:
+            phases[a, b] = lax.slice(x, (0, r0, c0, 0), x.shape, (1, sh, sw, 1))
+        phase = phases[a, b]
+        lo_h, lo_w = di - (r0 + top - a) // sh, dj - (c0 + left - b) // sw
+        # Rows lo_h .. lo_h + out_h of the product (zeros where they fall outside it).
+        term = lax.pad(_tap_product(phase, kernel[t], s, precision), zero,
+                       [(0, 0, 0), (-lo_h, lo_h + s.out_h - phase.shape[1], 0),
+                        (-lo_w, lo_w + s.out_w - phase.shape[2], 0), (0, 0, 0)])
         y = term if y is None else y + term
     return y
 
@@ -560,21 +570,25 @@ def choose(s: Shape, backend: str) -> Route:
       kernel (``"flipped"``: 56x56x144, batch 32, 38 -> 16 ms; train steps at 224 px back to
       back, 2026-12-04, images/s: MobileNetV2 35 -> 40, MobileNetV3-Large 45-48 -> 50-53,
       EfficientNet-B0 24-26 -> 26-28, MobileNet v1 level; at 64 px MobileNetV2 and
-      EfficientNet-B0 level within the noise); at stride 1 the kernel gradient as the
-      transpose of the sum the other way round (``"spread"``: each tap's product shifted
-      after it is formed), which reads the input itself where the shifted sum's read eight
-      shifted copies of it, computed by XLA's CPU scheduler in the forward pass and held
-      until the backward pass. Train steps' temporaries (XLA's memory analysis, batch 32,
-      224 px, GiB): MobileNetV2 4.44 -> 2.71, EfficientNet-B0 7.10 -> 4.06,
-      MobileNetV3-Large 3.58 -> 2.15, MobileNet v1 3.54 -> 2.07 (PyTorch's MobileNetV2
-      saves 2.34 for its backward pass). In-process A/B, images/s, median of 9 steps (range):
-      MobileNetV2 at 224 px 33.2 (5.8-37.6) -> 34.0 (30.3-36.5), MobileNet v1 35.4
-      (18.5-36.9) -> 36.6 (35.7-38.7), MobileNetV3-Large 29.9 -> 43.6 (both sides bimodal,
-      26-50), EfficientNet-B0 25.0 -> 24.9 (18 steps; steady back to back at 24-25); at
-      64 px MobileNetV2 479 -> 509, EfficientNet-B0 305 -> 312, MobileNetV3-Large 470 ->
-      589, MobileNet v1 524 -> 549. Strided, the same formulation made every tap's product
-      at the input's full size, four times the work (MobileNetV2 at 224 px 29.7 images/s,
-      EfficientNet-B0 19.9), and the strided kernel gradients keep the shifted sum;
+      EfficientNet-B0 level within the noise); the kernel gradient as the transpose of the
+      sum the other way round (``"spread"``: each tap's product shifted after it is formed),
+      which reads the input itself (strided: its phases) where the shifted sum's read one
+      shifted copy of it per off-centre tap, computed by XLA's CPU scheduler in the forward
+      pass and held until the backward pass. Train steps' temporaries (XLA's memory
+      analysis, batch 32, 224 px, GiB; shifted -> spread at stride 1 -> spread at every
+      stride): MobileNetV2 4.44 -> 2.71 -> 2.42, EfficientNet-B0 7.10 -> 4.06 -> 3.49,
+      MobileNetV3-Large 3.58 -> 2.15 -> 1.78, MobileNet v1 3.54 -> 2.07 -> 1.85 (PyTorch's
+      MobileNetV2 saves 2.33 for its backward pass). In-process A/B, images/s, median of 9
+      train steps (range). At stride 1: at 224 px MobileNetV2 33.2 (5.8-37.6) -> 34.0
+      (30.3-36.5), MobileNet v1 35.4 (18.5-36.9) -> 36.6 (35.7-38.7), MobileNetV3-Large
+      29.9 -> 43.6 (both sides in two modes, 26-50), EfficientNet-B0 25.0 -> 24.9 over 18;
+      at 64 px MobileNetV2 479 -> 509, EfficientNet-B0 305 -> 312, MobileNetV3-Large 470 ->
+      589, MobileNet v1 524 -> 549. Strided as well: at 224 px MobileNetV2 29.7 (17.6-35.9)
+      -> 34.4 (22.2-36.1), EfficientNet-B0 23.0 (22.1-24.0) -> 24.1 (23.5-25.3),
+      MobileNetV3-Large 50.2 (21.9-51.6) -> 52.3 (50.8-53.5), MobileNet v1 37.3
+      (16.5-38.4) -> 39.0 (37.9-39.6); at 64 px 465 -> 479, 274 -> 277, 404 -> 431, 383 ->
+      399 (2026-12-05). Products over the whole input instead of its phases cost four times
+      the work strided (MobileNetV2 at 224 px 29.7 images/s);
     * other grouped convolutions: XLA's grouped convolution is slow in every pass (its kernel
       gradient, a batch-grouped convolution, below 1 GFLOP/s), and the routes depend on the
       channels a group. With :data:`BROADCAST_GROUP_IN` or fewer (ResNeXt's first two
@@ -632,9 +646,7 @@ def choose(s: Shape, backend: str) -> Route:
     if backend != "cpu":
         return XLA
     if s.depthwise:
-        stride1 = s.strides == (1, 1)
-        return Route("shifted", "flipped" if applies("flipped", s) else "shifted",
-                     "spread" if stride1 else "shifted")
+        return Route("shifted", "flipped" if applies("flipped", s) else "shifted", "spread")
     fits = s.patch_bytes <= MAX_PATCH_BYTES
     if s.groups > 1:
         # Onto maps of SPLIT_MIN_MAP pixels or more, the kernel gradient takes one convolution

@@ -230,7 +230,7 @@ SLOW_ON_CPU = {
     "depthwise 3x3": ((32, 16, 16, 96), (3, 3, 1, 96), (1, 1), ((1, 1), (1, 1)), 96,
                       conv.Route("shifted", "flipped", "spread")),
     "depthwise 3x3 s2": ((32, 16, 16, 96), (3, 3, 1, 96), (2, 2), ((1, 1), (1, 1)), 96,
-                         conv.Route.all("shifted")),
+                         conv.Route("shifted", "shifted", "spread")),
     # Strided 3x3 onto larger maps: the input gradient (56x56x64 -> 128: 51 -> 35 ms under
     # conv.jit, 2026-12-04); its kernel gradient stays with XLA's Eigen convolution (36 ms,
     # im2col 46), as do those of the 3x3 onto 56x56 maps (VGG-16's 56x56x256: 725, im2col
