@@ -354,6 +354,7 @@ def test_im2col_takes_the_batch_in_slices_where_patches_would_be_too_large(case,
                                    conv.Route("im2col", "xla", "im2col"),
                                    conv.Route("shifted", "xla", "im2col"),
                                    conv.Route("shifted", "flipped", "tapwise"),
+                                   conv.Route("shifted", "flipped", "spread"),
                                    conv.Route("split", "im2col", "tapwise"),
                                    conv.Route("split", "im2col", "split"), conv.XLA], ids=str)
 def test_mixed_routes_differentiate_both_ways(route, keep):
