@@ -66,17 +66,22 @@ NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                 out_spec=(0, 3, 1, 2))
 """Flax's layout (NHWC images, HWIO kernels), the one the formulations take."""
 
+def _checked(name: str, where: str) -> str:
+    if name not in (AUTO, *FORMULATIONS):
+        raise ValueError(f"{where} {name!r} is not one of {AUTO}, {', '.join(FORMULATIONS)}")
+    return name
+
+
 _POLICY: contextvars.ContextVar[str] = contextvars.ContextVar(
-    "jaxcnn_conv_policy", default=os.environ.get("JAXCNN_CONV", AUTO))
+    "jaxcnn_conv_policy",
+    default=_checked(os.environ.get("JAXCNN_CONV", AUTO), "environment variable JAXCNN_CONV"))
 
 
 @contextlib.contextmanager
 def policy(name: str) -> Iterator[None]:
     """Within the block, functions traced use formulation ``name`` where it applies
     (``"auto"``: :func:`choose`'s pick). Jitted functions traced before keep their choice."""
-    if name not in (AUTO, *FORMULATIONS):
-        raise ValueError(f"conv policy {name!r} is not one of {AUTO}, {', '.join(FORMULATIONS)}")
-    token = _POLICY.set(name)
+    token = _POLICY.set(_checked(name, "conv policy"))
     try:
         yield
     finally:

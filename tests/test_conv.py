@@ -9,7 +9,10 @@ padding.
 
 import dataclasses
 import functools
+import os
 import re
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -486,6 +489,15 @@ def test_policy_names_are_checked():
     with pytest.raises(ValueError, match="not one of auto, xla"):
         with conv.policy("winograd"):
             pass
+
+
+def test_a_misspelt_jaxcnn_conv_is_refused_not_ignored():
+    # It used to fall back to XLA's convolution everywhere without a word.
+    env = {**os.environ, "JAXCNN_CONV": "spreadd"}
+    run = subprocess.run([sys.executable, "-c", "import jaxcnn"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode != 0
+    assert "environment variable JAXCNN_CONV 'spreadd' is not one of auto, xla" in run.stderr
 
 
 def test_every_network_convolves_through_jaxcnn_conv():
