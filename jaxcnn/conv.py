@@ -66,6 +66,7 @@ NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                 out_spec=(0, 3, 1, 2))
 """Flax's layout (NHWC images, HWIO kernels), the one the formulations take."""
 
+
 def _checked(name: str, where: str) -> str:
     if name not in (AUTO, *FORMULATIONS):
         raise ValueError(f"{where} {name!r} is not one of {AUTO}, {', '.join(FORMULATIONS)}")

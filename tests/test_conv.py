@@ -552,7 +552,7 @@ def test_depthwise_kernel_gradients_hold_no_shifted_copies_of_the_input():
     CPU scheduler computed during the forward pass and held until the backward pass
     (MobileNetV2's train step at 224 px: 4.44 GiB of temporaries, 2.71 without them). Each
     layer of a stack may add fewer than those eight input-sized buffers to the gradient's
-    temporaries (XLA's memory analysis; 4.5 here, 12.3 with the shifted sum's kernel
+    temporaries (XLA's memory analysis; 4.5 here, 11.8 with the shifted sum's kernel
     gradient, 2026-12-05)."""
     n, size, channels = 8, 16, 32
     scale = jnp.linspace(0.5, 1.5, channels)
