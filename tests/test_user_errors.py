@@ -2,12 +2,14 @@
 
 Weights files for ``python -m jaxcnn.convert`` and ``--pretrained``; image folders with a
 corrupt image, an empty class, a single class, or a test class that train/ lacks; a
-``--compilation-cache`` that is not a directory one can write to.
+``--compilation-cache`` that is not a directory one can write to; a misspelt ``JAXCNN_CONV``.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -140,3 +142,15 @@ def test_an_unusable_compilation_cache_is_one_line(tmp_path, capsys):
     assert err.startswith(f"error: --compilation-cache {not_a_directory}: cannot keep")
     assert "pass a directory you can write to" in err and err.count("\n") == 1
     assert not workdir.exists()
+
+
+def test_a_misspelt_jaxcnn_conv_stops_the_trainer_in_one_line():
+    # jaxcnn refuses the name at import (tests/test_conv.py); the trainer's commands import it
+    # before their own error handling exists, and used to show the import's traceback.
+    env = {**os.environ, "JAXCNN_CONV": "spreadd", "JAXCNN_MALLOC": "default"}
+    run = subprocess.run([sys.executable, "-m", "train.main", "--help"], env=env, text=True,
+                         capture_output=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.startswith("error: environment variable JAXCNN_CONV 'spreadd' is not")
+    assert len(run.stderr.splitlines()) == 1

@@ -30,7 +30,13 @@ part of the ``jaxcnn`` wheel, so that no installed package claims the top-level 
 import os
 import sys
 
-from jaxcnn.allocator import keep_freed_memory, restart_with_huge_pages, runs_on_cpu
+try:
+    from jaxcnn.allocator import keep_freed_memory, restart_with_huge_pages, runs_on_cpu
+except ValueError as err:  # jaxcnn refuses a misspelt JAXCNN_CONV when imported (conv.py)
+    if sys.argv[:1] != ["-m"] or os.environ.get("JAXCNN_CONV") is None:
+        raise
+    print(f"error: {err}; set one of those or unset it", file=sys.stderr)  # as train.main does
+    sys.exit(2)
 
 _MALLOC = os.environ.get("JAXCNN_MALLOC")
 if _MALLOC not in (None, "", "keep", "default"):
