@@ -100,6 +100,99 @@ class ConvBN(nn.Module):
         return x
 
 
+def _batch_stats(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+    # Flax's statistics (use_fast_variance): one pass for E[x] and E[x^2], in float32, averaged
+    # over ``axis_name`` in one collective.
+    axes = tuple(range(x.ndim - 1))
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    moments = jnp.stack([x.mean(axes), (x * x).mean(axes)])
+    if axis_name is not None:
+        moments = jax.lax.pmean(moments, axis_name)
+    mean, mean2 = moments
+    return mean, jnp.maximum(0.0, mean2 - mean * mean)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _normalize_batch(x, scale, bias, epsilon, axis_name, dtype):
+    """Train-mode BatchNorm over the last axis: the output and the batch's mean and variance."""
+    return _normalize_batch_fwd(x, scale, bias, epsilon, axis_name, dtype)[0]
+
+
+def _normalize_batch_fwd(x, scale, bias, epsilon, axis_name, dtype):
+    mean, var = _batch_stats(x, axis_name)
+    rstd = jax.lax.rsqrt(var + epsilon)
+    y = (x - mean) * (rstd * scale) + bias  # Flax's _normalize, operation for operation
+    return (y.astype(dtype), mean, var), (x, mean, rstd, scale)
+
+
+def _normalize_batch_bwd(epsilon, axis_name, dtype, saved, cotangents):
+    # The statistics' own cotangents are zero: they only feed the running averages.
+    x, mean, rstd, scale = saved
+    g = cotangents[0].astype(mean.dtype)
+    xf = x.astype(mean.dtype)
+    axes = tuple(range(x.ndim - 1))
+    # sum(g * x_hat) from x itself rather than from x_hat = (x - mean) * rstd: XLA would form
+    # x_hat (or x - mean) as a buffer of its own for the reduction, as soon as x exists, and
+    # hold it beside x from the forward pass to the backward pass.
+    g_sum = g.sum(axes)
+    g_xhat_sum = ((g * xf).sum(axes) - mean * g_sum) * rstd
+    scale_grad, bias_grad = g_xhat_sum, g_sum
+    count = x.size // x.shape[-1]
+    means = jnp.stack([g_sum, g_xhat_sum]) / count
+    if axis_name is not None:  # the statistics were the replicas' together: so are their terms
+        means = jax.lax.pmean(means, axis_name)
+    g_mean, g_xhat_mean = means
+    x_grad = (rstd * scale) * (g - g_mean - (xf - mean) * (rstd * g_xhat_mean))
+    return x_grad.astype(x.dtype), scale_grad, bias_grad
+
+
+_normalize_batch.defvjp(_normalize_batch_fwd, _normalize_batch_bwd)
+
+
+class BatchNorm(nn.BatchNorm):
+    """Flax's ``nn.BatchNorm``, with the same variables and outputs, whose train-mode gradient
+    holds only its input between the forward and the backward pass.
+
+    Differentiated by Flax's code, XLA forms ``x - mean`` (or ``x_hat``) as a buffer of its own
+    and keeps it beside ``x`` until the backward pass: one extra activation-sized buffer for
+    every BatchNorm of the network. The gradient here is written out (PyTorch's formula) with
+    its one reduction taken over ``x`` itself. Train steps' temporaries at 224 px, batch 32,
+    float32 (XLA's memory analysis, GiB, before -> after): ResNet-50 3.90 -> 2.57,
+    EfficientNet-B0 3.50 -> 2.73 (PyTorch saves 2.56 for ResNet-50's backward pass).
+
+    Configurations the zoo does not use (a ``mask``, a feature axis other than the last, no
+    bias, two-pass variance, groups of replicas, reductions in the parameters' dtype) and
+    initialisation and evaluation are Flax's own code.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+                 mask: jax.Array | None = None) -> jax.Array:
+        use_running_average = nn.merge_param("use_running_average", self.use_running_average,
+                                             use_running_average)
+        if (use_running_average or self.is_initializing() or mask is not None
+                or self.axis not in (-1, x.ndim - 1) or not self.use_bias
+                or not self.use_fast_variance or self.axis_index_groups is not None
+                or not self.force_float32_reductions):
+            return super().__call__(x, use_running_average, mask=mask)
+        features = (x.shape[-1],)
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),
+                                features)
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32),
+                               features)
+        args = [x]
+        scale = jnp.ones(features, jnp.float32)
+        if self.use_scale:
+            scale = self.param("scale", self.scale_init, features, self.param_dtype)
+            args.append(scale)
+        bias = self.param("bias", self.bias_init, features, self.param_dtype)
+        dtype = nn.dtypes.canonicalize_dtype(*args, bias, dtype=self.dtype)
+        y, mean, var = _normalize_batch(x, scale, bias, self.epsilon, self.axis_name, dtype)
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return y
+
+
 def batch_norm(
     *,
     momentum: float = 0.9,
@@ -113,7 +206,7 @@ def batch_norm(
     Keras networks use ``momentum=0.99, epsilon=1e-3`` (``1.001e-5`` in its ResNet/DenseNet).
     """
     return functools.partial(
-        nn.BatchNorm,
+        BatchNorm,
         momentum=momentum,
         epsilon=epsilon,
         use_scale=use_scale,

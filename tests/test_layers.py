@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -169,3 +170,79 @@ def test_max_pool_propagates_nan():
     x = jnp.zeros((1, 4, 4, 1)).at[0, 1, 1, 0].set(jnp.nan)
     out = np.asarray(jax.jit(lambda v: layers.max_pool(v, 2, 2))(x))[0, :, :, 0]
     assert np.isnan(out).tolist() == [[True, False], [False, False]]
+
+
+def _batch_norm_step(cls, x, *, axis_name=None, mask=None, **fields):
+    """Train-mode output, running statistics, and gradients (parameters, input) of a loss."""
+    module = cls(momentum=0.9, epsilon=1e-5, axis_name=axis_name, **fields)
+    sample = x[0] if axis_name else x
+    variables = module.init(jax.random.key(0), sample, use_running_average=True)
+    params = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(1), a.shape),
+                          variables["params"])
+    weights = jax.random.normal(jax.random.key(2), x.shape[-1:])
+
+    def loss(params, x):
+        y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                  x, use_running_average=False, mask=mask,
+                                  mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y.astype(jnp.float32)) * weights), (y, updates)
+
+    step = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    if axis_name:
+        step = jax.vmap(step, in_axes=(None, 0), axis_name=axis_name)
+    (_, (y, updates)), grads = step(params, x)
+    return y, updates, grads
+
+
+@pytest.mark.parametrize("fields", [
+    {}, {"dtype": jnp.bfloat16}, {"use_scale": False}, {"axis_name": "replicas"},
+    {"mask": True},  # not the zoo's: Flax's own code
+], ids=["float32", "bfloat16", "no-scale", "cross-replica", "mask"])
+def test_batch_norm_is_flax_batch_norm_with_its_own_gradient(fields):
+    """layers.BatchNorm writes its train-mode gradient out; the outputs and running statistics
+    must be Flax's bit for bit, the gradients Flax's autodiff's (cross-replica: four replicas
+    of a vmap with an axis name, as under pmap)."""
+    fields = dict(fields)
+    x = jax.random.normal(jax.random.key(3), (4, 8, 5, 5, 16)) * 3 + 1.5
+    if not fields.get("axis_name"):
+        x = x[0]
+    if fields.pop("mask", False):
+        fields["mask"] = jnp.arange(x.shape[0])[:, None, None, None] % 3 > 0
+    ours = _batch_norm_step(layers.BatchNorm, x, **fields)
+    flax = _batch_norm_step(nn.BatchNorm, x, **fields)
+    for a, b in zip(jax.tree.leaves(ours[:2]), jax.tree.leaves(flax[:2])):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(ours[2]), jax.tree.leaves(flax[2])):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_batch_norm_gradient_holds_no_centred_copy_of_its_input():
+    """Differentiated by Flax's code, XLA forms ``x - mean`` as a buffer of its own in the
+    forward pass and holds it beside ``x`` until the backward pass (ResNet-50's train step at
+    224 px, batch 32: 3.90 GiB of temporaries, 2.57 with layers.BatchNorm). In a stack of
+    1x1 convolutions, BatchNorms and ReLUs each layer must hold at least 0.9 of an
+    activation-sized buffer fewer than with Flax's BatchNorm (XLA's memory analysis; 2.0
+    against 3.0 here, 2026-12-05)."""
+    n, size, channels = 8, 16, 32
+
+    def per_layer(norm):
+        def loss(kernels, x):
+            for w in kernels:
+                x = nn.relu(norm.apply({"params": {"scale": jnp.ones(channels),
+                                                   "bias": jnp.zeros(channels)},
+                                        "batch_stats": {"mean": jnp.zeros(channels),
+                                                        "var": jnp.ones(channels)}},
+                                       x @ w, use_running_average=False,
+                                       mutable=["batch_stats"])[0])
+            return jnp.sum(x ** 2)
+
+        def temporaries(depth):
+            x = jnp.ones((n, size, size, channels))
+            kernels = [jnp.eye(channels)] * depth
+            compiled = conv.jit(jax.grad(loss, argnums=(0, 1))).lower(kernels, x).compile()
+            return compiled.memory_analysis().temp_size_in_bytes
+
+        return (temporaries(6) - temporaries(2)) / 4 / (4 * n * size * size * channels)
+
+    ours, flax = per_layer(layers.BatchNorm()), per_layer(nn.BatchNorm())
+    assert ours <= flax - 0.9, (ours, flax)
