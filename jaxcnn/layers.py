@@ -3,7 +3,7 @@
 Conventions used everywhere in jaxcnn:
 
 * Images are NHWC. Parameters are float32; computation runs in the module's ``dtype``.
-* BatchNorm (:class:`BatchNorm`: Flax's, with its train-mode gradient written out) keeps its
+* BatchNorm (:class:`BatchNorm`: Flax's, with its train-mode derivative written out) keeps its
   running statistics in the ``batch_stats`` collection. ``momentum`` is Flax's (the weight of
   the old value): PyTorch's default ``momentum=0.1`` is ``0.9`` here, Keras'
   ``momentum=0.99`` is ``0.99``. In train mode both frameworks normalise with the biased batch
@@ -113,41 +113,38 @@ def _batch_stats(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Ar
     return mean, jnp.maximum(0.0, mean2 - mean * mean)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _normalize_batch_fwd(x, scale, bias, epsilon, axis_name, dtype):
+    mean, var = _batch_stats(x, axis_name)
+    rstd = jax.lax.rsqrt(var + epsilon)
+    y = (x - mean) * (rstd * scale) + bias  # Flax's _normalize, operation for operation
+    return (y.astype(dtype), mean, var), rstd
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
 def _normalize_batch(x, scale, bias, epsilon, axis_name, dtype):
     """Train-mode BatchNorm over the last axis: the output and the batch's mean and variance."""
     return _normalize_batch_fwd(x, scale, bias, epsilon, axis_name, dtype)[0]
 
 
-def _normalize_batch_fwd(x, scale, bias, epsilon, axis_name, dtype):
-    mean, var = _batch_stats(x, axis_name)
-    rstd = jax.lax.rsqrt(var + epsilon)
-    y = (x - mean) * (rstd * scale) + bias  # Flax's _normalize, operation for operation
-    return (y.astype(dtype), mean, var), (x, mean, rstd, scale)
-
-
-def _normalize_batch_bwd(epsilon, axis_name, dtype, saved, cotangents):
-    # The statistics' own cotangents are zero: they only feed the running averages.
-    x, mean, rstd, scale = saved
-    g = cotangents[0].astype(mean.dtype)
-    xf = x.astype(mean.dtype)
+@_normalize_batch.defjvp
+def _normalize_batch_jvp(epsilon, axis_name, dtype, primals, tangents):
+    # Written so that the only primal array the tangent reads is x itself: reverse mode
+    # (JAX transposes this) then holds x and per-channel values, where XLA, differentiating
+    # the forward pass above, forms x - mean as a buffer of its own as soon as x exists and
+    # holds it beside x until the backward pass.
+    x, scale, bias = primals
+    dx, dscale, dbias = tangents
+    (y, mean, var), rstd = _normalize_batch_fwd(x, scale, bias, epsilon, axis_name, dtype)
+    xf, dxf = x.astype(mean.dtype), dx.astype(mean.dtype)
     axes = tuple(range(x.ndim - 1))
-    # sum(g * x_hat) from x itself rather than from x_hat = (x - mean) * rstd: XLA would form
-    # x_hat (or x - mean) as a buffer of its own for the reduction, as soon as x exists, and
-    # hold it beside x from the forward pass to the backward pass.
-    g_sum = g.sum(axes)
-    g_xhat_sum = ((g * xf).sum(axes) - mean * g_sum) * rstd
-    scale_grad, bias_grad = g_xhat_sum, g_sum
-    count = x.size // x.shape[-1]
-    means = jnp.stack([g_sum, g_xhat_sum]) / count
-    if axis_name is not None:  # the statistics were the replicas' together: so are their terms
-        means = jax.lax.pmean(means, axis_name)
-    g_mean, g_xhat_mean = means
-    x_grad = (rstd * scale) * (g - g_mean - (xf - mean) * (rstd * g_xhat_mean))
-    return x_grad.astype(x.dtype), scale_grad, bias_grad
-
-
-_normalize_batch.defvjp(_normalize_batch_fwd, _normalize_batch_bwd)
+    moments = jnp.stack([dxf.mean(axes), (dxf * xf).mean(axes)])
+    if axis_name is not None:
+        moments = jax.lax.pmean(moments, axis_name)
+    dmean, dmean2 = moments
+    dvar = 2 * (dmean2 - mean * dmean)
+    per_channel = rstd * dscale - 0.5 * rstd ** 3 * dvar * scale  # the tangent of rstd * scale
+    dy = (dxf - dmean) * (rstd * scale) + xf * per_channel - mean * per_channel + dbias
+    return (y, mean, var), (dy.astype(dtype), dmean, dvar)
 
 
 class BatchNorm(nn.BatchNorm):
@@ -156,8 +153,9 @@ class BatchNorm(nn.BatchNorm):
 
     Differentiated by Flax's code, XLA forms ``x - mean`` (or ``x_hat``) as a buffer of its own
     and keeps it beside ``x`` until the backward pass: one extra activation-sized buffer for
-    every BatchNorm of the network. The gradient here is written out (PyTorch's formula) with
-    its one reduction taken over ``x`` itself. Train steps' temporaries at 224 px, batch 32,
+    every BatchNorm of the network. Here the derivative is written out (a ``custom_jvp``, so
+    forward mode works too) in terms of ``x`` itself, and its transpose, the gradient, holds
+    nothing else. Train steps' temporaries at 224 px, batch 32,
     float32 (XLA's memory analysis, GiB, before -> after; PyTorch's saved tensors in
     brackets): ResNet-50 3.90 -> 2.57 (2.54), EfficientNet-B0 3.50 -> 2.74 (2.61),
     DenseNet-121 5.56 -> 3.69 (3.87).

@@ -199,7 +199,7 @@ def _batch_norm_step(cls, x, *, axis_name=None, mask=None, **fields):
     {"mask": True},  # not the zoo's: Flax's own code
 ], ids=["float32", "bfloat16", "no-scale", "cross-replica", "mask"])
 def test_batch_norm_is_flax_batch_norm_with_its_own_gradient(fields):
-    """layers.BatchNorm writes its train-mode gradient out; the outputs and running statistics
+    """layers.BatchNorm writes its train-mode derivative out; the outputs and running statistics
     must be Flax's bit for bit, the gradients Flax's autodiff's (cross-replica: four replicas
     of a vmap with an axis name, as under pmap)."""
     fields = dict(fields)
@@ -214,6 +214,32 @@ def test_batch_norm_is_flax_batch_norm_with_its_own_gradient(fields):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(jax.tree.leaves(ours[2]), jax.tree.leaves(flax[2])):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_batch_norm_differentiates_forward_and_twice_as_flax_does():
+    """Forward mode (jax.jvp) and a Hessian-vector product (forward over reverse) of a
+    train-mode loss: layers.BatchNorm's against Flax's autodiff of its own BatchNorm."""
+    x = jax.random.normal(jax.random.key(3), (8, 5, 5, 16)) * 3 + 1.5
+    tangent = jax.random.normal(jax.random.key(4), x.shape)
+    weights = jnp.arange(16.0)
+
+    def derivatives(cls):
+        module = cls(momentum=0.9)
+        variables = module.init(jax.random.key(0), x, use_running_average=True)
+
+        def loss(x):
+            y, _ = module.apply(variables, x, use_running_average=False,
+                                mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(y) * weights)
+
+        forward = jax.jvp(loss, (x,), (tangent,))[1]
+        hvp = jax.jvp(jax.grad(loss), (x,), (tangent,))[1]
+        return forward, hvp
+
+    (forward, hvp), (flax_forward, flax_hvp) = derivatives(layers.BatchNorm), derivatives(
+        nn.BatchNorm)
+    np.testing.assert_allclose(forward, flax_forward, rtol=2e-5)
+    np.testing.assert_allclose(hvp, flax_hvp, rtol=2e-5, atol=2e-5 * float(jnp.max(flax_hvp)))
 
 
 def test_batch_norm_gradient_holds_no_centred_copy_of_its_input():
