@@ -141,8 +141,12 @@ def _normalize_batch_jvp(epsilon, axis_name, dtype, primals, tangents):
     xf, dxf = x.astype(mean.dtype), dx.astype(mean.dtype)
     dmean, dmean2 = _channel_means(dxf, dxf * xf, axis_name)  # dmean2: half E[x^2]'s tangent
     dvar = 2 * (dmean2 - mean * dmean)
-    per_channel = rstd * dscale - 0.5 * rstd ** 3 * dvar * scale  # the tangent of rstd * scale
-    dy = (dxf - dmean) * (rstd * scale) + xf * per_channel - mean * per_channel + dbias
+    k = rstd * scale
+    dk = rstd * dscale - 0.5 * rstd ** 3 * dvar * scale
+    # The per-channel terms are summed before they meet the full-size ones, so that the
+    # transpose reduces over g and g * x only (a separate dmean * k term costs it a third
+    # reduction, of g * k, and a buffer the size of x to hold g * k).
+    dy = dxf * k + xf * dk + (dbias - dmean * k - mean * dk)
     return (y, mean, var), (dy.astype(dtype), dmean, dvar)
 
 

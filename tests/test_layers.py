@@ -272,3 +272,24 @@ def test_batch_norm_gradient_holds_no_centred_copy_of_its_input():
 
     ours, flax = per_layer(layers.BatchNorm()), per_layer(nn.BatchNorm())
     assert ours <= flax - 0.9, (ours, flax)
+
+
+def test_batch_norm_gradient_reduces_only_g_and_g_times_x():
+    """BatchNorm's input gradient needs two per-channel sums, of the incoming gradient ``g``
+    and of ``g * x`` (PyTorch's formula). The transpose of a tangent written as
+    ``(dx - dmean) * k`` reduced ``g * k`` and ``-g`` besides, with a buffer the size of ``x``
+    for ``g * k``: 4 full-size reductions, and 3.79 ms against 2.28 ms for one layer's gradient
+    at 32x32x32x96 on the CPU (2026-12-06). Counted in the backward pass's jaxpr."""
+    x, scale = jnp.ones((4, 3, 3, 8)), jnp.ones(8)
+    model = layers.BatchNorm()
+    variables = {"params": {"scale": scale, "bias": scale},
+                 "batch_stats": {"mean": scale, "var": scale}}
+
+    def forward(x):
+        return model.apply(variables, x, use_running_average=False, mutable=["batch_stats"])[0]
+
+    _, backward = jax.vjp(forward, x)
+    jaxpr = jax.make_jaxpr(backward)(x).jaxpr
+    full_size = [eq for eq in jaxpr.eqns
+                 if eq.primitive.name == "reduce_sum" and eq.invars[0].aval.shape == x.shape]
+    assert len(full_size) == 2, jaxpr
