@@ -11,6 +11,17 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
+
+
+def with_root_on_path(env: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``env`` (by default this process's environment) whose PYTHONPATH starts with
+    the checkout, so that a subprocess imports ``train`` (not installed) from any directory."""
+    env = dict(os.environ if env is None else env)
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, *rest])
+    return env
+
 
 def pytest_configure(config):
     """Importing torchvision (which loads triton) after TensorFlow crashes the process with a

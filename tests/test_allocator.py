@@ -16,9 +16,8 @@ import sys
 
 import pytest
 
+from conftest import ROOT
 from jaxcnn import allocator
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where `import train` works
 
 glibc_linux = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",

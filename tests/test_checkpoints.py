@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import with_root_on_path
 from test_train import ToyData, tiny_factory, toy_config
 from train import checkpoints as checkpoints_lib
 from train import evaluate as evaluate_lib
@@ -368,9 +369,7 @@ def test_a_truncated_metrics_file_is_one_clear_error(trained_workdir, tmp_path, 
 def test_sigterm_to_the_command_line_saves_and_exits_143(tmp_path):
     """What a preempted VM does: SIGTERM to ``python -m train.main``, mid-epoch."""
     workdir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-         os.environ.get("PYTHONPATH", "")])}
+    env = with_root_on_path()
     run = subprocess.Popen([sys.executable, "-m", "train.main", "--arch", "lenet5", "--epochs",
                             "2", "--no-progress", "--workdir", str(workdir)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

@@ -16,8 +16,9 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import ROOT
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 def _run_worker(args: list[str], devices: int, timeout: int = 400) -> subprocess.Popen:

@@ -2,7 +2,6 @@
 their text says they show."""
 
 import copy
-import os
 import pathlib
 import re
 import warnings
@@ -11,8 +10,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-ROOT = pathlib.Path(__file__).parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+from conftest import ROOT, with_root_on_path
+
+NOTEBOOKS = sorted((pathlib.Path(ROOT) / "notebooks").glob("*.ipynb"))
 
 # A notebook that imports a reference framework needs the parity extra, like the parity tests.
 _REFERENCE_IMPORT = re.compile(r"^\s*(import|from)\s+(torch|torchvision|timm|keras)\b", re.M)
@@ -100,8 +100,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.delenv("JAX_DISABLE_MOST_OPTIMIZATIONS", raising=False)
     # The trainer is not installed (it runs from the checkout): the kernel, started in
     # tmp_path, finds it through PYTHONPATH, as a Jupyter started with PYTHONPATH=$PWD does.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    monkeypatch.setenv("PYTHONPATH", with_root_on_path()["PYTHONPATH"])
     stored = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") for c in stored.cells if c.cell_type == "code"), \
         "store notebooks without outputs"

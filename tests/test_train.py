@@ -23,6 +23,7 @@ import optax
 import pytest
 
 import jaxcnn
+from conftest import with_root_on_path
 from train import main as main_lib
 from train import parallel as parallel_lib
 from train import plan as plan_lib
@@ -164,9 +165,7 @@ def test_a_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
     none). jax's threshold is lowered to 0 s here: LeNet-5's steps compile faster than the
     1 s that jax waits for by default."""
     cache = tmp_path / "xla"
-    env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(
-               os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")])}
+    env = {**with_root_on_path(), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
     def run(workdir):
         out = subprocess.run([sys.executable, "-m", "train.main", "--arch", "lenet5",

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from jaxcnn import convert
 from test_input_pipeline import _write_folder
 from train import input_pipeline as ip
@@ -150,7 +151,7 @@ def test_a_misspelt_jaxcnn_conv_stops_the_trainer_in_one_line():
     env = {**os.environ, "JAXCNN_CONV": "spreadd", "JAXCNN_MALLOC": "default"}
     run = subprocess.run([sys.executable, "-m", "train.main", "--help"], env=env, text=True,
                          capture_output=True, timeout=300,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         cwd=ROOT)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert run.stderr.startswith("error: environment variable JAXCNN_CONV 'spreadd' is not")
     assert len(run.stderr.splitlines()) == 1
