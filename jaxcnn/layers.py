@@ -444,6 +444,14 @@ def check_image(
             f"{tuple(x.shape)} with rank {x.ndim}.{hint}"
         )
     h, w = x.shape[1:3]
+    if h in (1, 3) and w > 4 and x.shape[3] > 4 and x.shape[3] != channels:
+        # PyTorch's layout: an NHWC reading would be an image 1 or 3 pixels tall with as many
+        # channels as the image is wide, which no network of the zoo is meant to see.
+        raise InputShapeError(
+            f"{model} takes a batch of images shaped (N, H, W, C) (NHWC, channels last); "
+            f"shape {tuple(x.shape)} looks like NCHW, with {h} channel(s) first. Transpose "
+            f"it: x.transpose(0, 2, 3, 1)."
+        )
     if fixed and (h, w) != (min_size, min_size):
         raise InputShapeError(
             f"{model} takes images of exactly {min_size}x{min_size} pixels; got {h}x{w}. "

@@ -89,6 +89,11 @@ def test_check_image_errors_say_the_fix():
         layers.check_image(jnp.zeros((1, 33, 33, 1)), min_size=32, model="Net", fixed=True)
     with pytest.raises(layers.InputShapeError, match="transpose"):
         layers.check_image(jnp.zeros((1, 3, 32, 32)), min_size=3, model="Net", channels=3)
+    for shape in ((2, 3, 224, 224), (2, 1, 28, 40)):  # NCHW, the network's channels unknown
+        with pytest.raises(layers.InputShapeError, match=r"NCHW.*transpose\(0, 2, 3, 1\)"):
+            layers.check_image(jnp.zeros(shape), min_size=1, model="Net")
+    for shape in ((2, 3, 224, 3), (2, 1, 28, 1), (2, 3, 3, 512), (2, 2, 28, 28)):  # NHWC
+        layers.check_image(jnp.zeros(shape), min_size=1, model="Net")
 
 
 def test_squeeze_excite_gates_channels():

@@ -180,6 +180,18 @@ def test_wrong_rank_is_rejected(name):
         jax.eval_shape(lambda x: model.init(_rngs(), x, train=False), x)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_channels_first_batch_is_rejected(name):
+    """PyTorch's NCHW batch, which most networks would otherwise take silently as a 1- or
+    3-pixel-tall image with hundreds of channels."""
+    info = jaxcnn.model_info(name)
+    model = jaxcnn.create_model(name)
+    h, w, c = info.input_shape
+    x = jax.ShapeDtypeStruct((2, c, h, w), jnp.float32)
+    with pytest.raises(jaxcnn.InputShapeError, match="NCHW"):
+        jax.eval_shape(lambda x: model.init(_rngs(), x, train=False), x)
+
+
 @pytest.mark.parametrize("name", _cases(ALL))
 def test_headless_model_returns_pooled_features(name):
     """num_classes=0 drops the classifier (timm's convention), for use as a backbone. Traced
