@@ -16,16 +16,13 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from conftest import ROOT, with_root_on_path
 
 
 def _run_worker(args: list[str], devices: int, timeout: int = 400) -> subprocess.Popen:
-    env = dict(os.environ)
+    env = with_root_on_path()  # the script's own folder, tests/, comes first as for any script
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE, env.get("PYTHONPATH", "")])
     for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(name, None)
     return subprocess.Popen([sys.executable, os.path.abspath(__file__), *args], cwd=ROOT,
