@@ -115,6 +115,34 @@ convolution onto 64 output channels or fewer on one thread (2-core AVX2 machine,
 252-285; their train steps 4-40 % faster."""
 
 
+CPU_INFERENCE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                                  "LIBRARY_FUSION_TYPE_REDUCE"}
+"""XLA's options for forward passes alone (inference, evaluation) on an x86 CPU without
+AVX-512: YNNPACK keeps the reductions, and the matrix products go to XLA's own (Eigen) as the
+convolutions do. On the 2-core AMD EPYC with AVX2 (2026-12-06, float32), Eigen's product was
+the faster in 31 of 41 forward shapes (M x K by K x N, M 512-100,352, K and N 64-1,024; the
+median 1.12 times YNNPACK's rate), but the gradient's product with a transposed right operand
+ran at 0.37-0.62 of YNNPACK's where M is small (512 x 4,096 by 4,096 x 512: 62 against 162
+GFLOP/s), and train steps moved both ways (VGG-16 at 32 px 36.7 -> 28.8 images/s, ResNet-50
+at 64 px 49.8 -> 55.5): train steps keep :data:`CPU_COMPILER_OPTIONS`. Inference, batch 32,
+both programs in one process, windows in turn, median images/s: LeNet-5 16,300 -> 23,600,
+AlexNet at 64 px 400 -> 558, VGG-16 at 32 px 118 -> 150, SE-ResNet-50 at 32 px 506 -> 607,
+MobileNetV2 at 32 px 4,320 -> 5,950, ResNet-18 at 32 px 1,454 -> 1,623, DenseNet-121 at 32 px
+896 -> 1,002, MobileNet v1 at 32 px 4,219 -> 4,620; at 224 px ResNeXt-50 14.7 -> 15.7,
+EfficientNet-B0 75.8 -> 81.7, ResNet-50 17.9 -> 18.2, MobileNetV2 122 -> 121; GoogLeNet at
+64 px 551 -> 554, Inception v3 at 75 px 334 -> 338, ResNeXt-50 at 64 px 147 -> 148, ResNet-50
+at 64 px 196 -> 185 (its windows 166-216 on both sides). Not measured with AVX-512, where the
+default stays."""
+
+
+@functools.cache
+def _forward_products_to_eigen() -> bool:
+    """Whether forward passes compile with :data:`CPU_INFERENCE_COMPILER_OPTIONS` here: an x86
+    CPU with AVX2 and without AVX-512, where they were measured."""
+    flags = read_cpuinfo()[1]
+    return "avx2" in flags and "avx512f" not in flags
+
+
 @functools.cache
 def _accepts_cpu_options() -> bool:
     # jaxlibs before YNNPACK do not know the option and refuse to compile with it.
@@ -126,29 +154,36 @@ def _accepts_cpu_options() -> bool:
     return True
 
 
-def compiler_options() -> dict[str, str] | None:
+def compiler_options(inference: bool = False) -> dict[str, str] | None:
     """``jax.jit``'s ``compiler_options`` for programs that run jaxcnn's networks here:
-    :data:`CPU_COMPILER_OPTIONS` on the CPU, None (XLA's defaults) on other backends, under
-    ``policy("xla")`` (jaxcnn before its routing) and where the jaxlib lacks the option."""
+    :data:`CPU_COMPILER_OPTIONS` on the CPU (for a forward pass alone, ``inference=True``, on
+    an x86 CPU without AVX-512: :data:`CPU_INFERENCE_COMPILER_OPTIONS`), None (XLA's defaults)
+    on other backends, under ``policy("xla")`` (jaxcnn before its routing) and where the
+    jaxlib lacks the option."""
     if not reroutes() or jax.default_backend() != "cpu" or not _accepts_cpu_options():
         return None
+    if inference and _forward_products_to_eigen():
+        return dict(CPU_INFERENCE_COMPILER_OPTIONS)
     return dict(CPU_COMPILER_OPTIONS)
 
 
-def jit(fun: Callable[..., Any], **kwargs: Any) -> Any:
+def jit(fun: Callable[..., Any], *, inference: bool = False, **kwargs: Any) -> Any:
     """``jax.jit(fun, **kwargs)`` compiled with :func:`compiler_options`: how to jit a
-    jaxcnn network's forward pass or train step to get the speeds in README."""
-    return jax.jit(fun, compiler_options=compiler_options(), **kwargs)
+    jaxcnn network's train step, or with ``inference=True`` its forward pass alone, to get the
+    speeds in README."""
+    return jax.jit(fun, compiler_options=compiler_options(inference), **kwargs)
 
 
-def pmap(fun: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
-    """``jax.pmap(fun, **kwargs)`` compiled with :func:`compiler_options`. ``jax.pmap`` takes
-    no compiler options, so each new signature of the arguments (shapes, dtypes, shardings) is
-    lowered and compiled with them once, and the compiled program is kept for later calls.
-    Runs of several processes keep ``jax.pmap`` as it is (XLA's defaults): its compiled form
-    does not convert between the processes' local arrays and global ones."""
+def pmap(fun: Callable[..., Any], *, inference: bool = False,
+         **kwargs: Any) -> Callable[..., Any]:
+    """``jax.pmap(fun, **kwargs)`` compiled with :func:`compiler_options` (``inference`` as
+    :func:`jit`'s). ``jax.pmap`` takes no compiler options, so each new signature of the
+    arguments (shapes, dtypes, shardings) is lowered and compiled with them once, and the
+    compiled program is kept for later calls. Runs of several processes keep ``jax.pmap`` as
+    it is (XLA's defaults): its compiled form does not convert between the processes' local
+    arrays and global ones."""
     mapped = jax.pmap(fun, **kwargs)
-    options = compiler_options()
+    options = compiler_options(inference)
     if options is None or jax.process_count() > 1:
         return mapped
     compiled: dict[Any, Any] = {}

@@ -149,6 +149,43 @@ def test_jit_compiles_convolutions_with_xlas_own_kernel_on_the_cpu():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+@pytest.mark.parametrize("flags, to_eigen", [({"avx", "avx2"}, True),
+                                             ({"avx", "avx2", "avx512f"}, False),
+                                             ({"asimd"}, False)], ids=["avx2", "avx512", "arm"])
+def test_forward_passes_alone_take_xlas_own_products_without_avx512(monkeypatch, request, flags,
+                                                                    to_eigen):
+    """conv.jit(..., inference=True) hands its matrix products to XLA's own kernel instead of
+    YNNPACK's on an x86 CPU with AVX2 and without AVX-512 (the CPU's flags read from a stand-in
+    for /proc/cpuinfo), and nowhere else; train steps keep YNNPACK's products everywhere; the
+    numbers are the default compilation's."""
+    if not conv._accepts_cpu_options():
+        pytest.skip("this jaxlib has no xla_cpu_experimental_ynn_fusion_type")
+    monkeypatch.setattr(conv, "read_cpuinfo",
+                        lambda path="/proc/cpuinfo": ("cpu", frozenset(flags)))
+    conv._forward_products_to_eigen.cache_clear()
+    request.addfinalizer(conv._forward_products_to_eigen.cache_clear)  # the real CPU's again
+    x, m = _arrays((256, 64), (64, 32))
+
+    def f(x, m):
+        return jax.nn.relu(x @ m)
+
+    def ynn_product(jitted):
+        hlo = jitted.lower(x, m).compile().as_text()
+        return any("__ynn_fusion" in line and "dot_general" in line for line in hlo.splitlines())
+
+    if not ynn_product(jax.jit(f)):
+        pytest.skip("this XLA keeps matrix products by default: nothing to change")
+    assert conv.compiler_options() == conv.CPU_COMPILER_OPTIONS
+    assert conv.compiler_options(inference=True) == (
+        conv.CPU_INFERENCE_COMPILER_OPTIONS if to_eigen else conv.CPU_COMPILER_OPTIONS)
+    assert ynn_product(conv.jit(f)), "a train step's products should stay with YNNPACK"
+    assert ynn_product(conv.jit(f, inference=True)) is not to_eigen
+    want = jax.jit(f)(x, m)  # sums of 64 terms: rounding, not rtol
+    np.testing.assert_allclose(conv.jit(f, inference=True)(x, m), want, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
 def test_pmap_compiles_with_the_same_options_as_jit():
     """``jax.pmap`` takes no compiler options; conv.pmap compiles each signature with them:
     the pmapped 3x3 onto 64 channels leaves YNNPACK like conv.jit's, donation still holds,

@@ -124,7 +124,7 @@ def time_inference(name: str, *, batch_size: int = BATCH_SIZE, batches: int = KE
     x = jnp.asarray(np.random.default_rng(0).standard_normal(
         (batch_size, *info.input_shape)), jnp.float32)
     variables = run_once(jax.jit(lambda: model.init(jax.random.key(0), x[:1], train=False)))
-    forward = conv.jit(lambda v, x: model.apply(v, x, train=False))
+    forward = conv.jit(lambda v, x: model.apply(v, x, train=False), inference=True)
     start = time.perf_counter()
     forward = forward.lower(variables, x).compile()
     jax.block_until_ready(forward(variables, x))

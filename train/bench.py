@@ -215,8 +215,8 @@ def prepare(arch: str, *, batch_size: int, image_size: int | None = None, dtype:
             return setup.model.apply(v, x, train=False)
 
         if c.parallel == "jit":
-            infer = conv.jit(forward, in_shardings=(par.replicated, par.data),
-                             out_shardings=par.data)
+            infer = conv.jit(forward, inference=True,
+                             in_shardings=(par.replicated, par.data), out_shardings=par.data)
         else:
             infer = jax.pmap(forward, axis_name=par.axis_name)
         images = batch["image"]

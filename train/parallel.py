@@ -119,7 +119,7 @@ class JitParallel:
                         out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
 
     def compile_eval(self, eval_fn: Callable) -> Callable:
-        return conv.jit(eval_fn, in_shardings=(self.replicated, self.data),
+        return conv.jit(eval_fn, inference=True, in_shardings=(self.replicated, self.data),
                         out_shardings=self.replicated)
 
     def fetch(self, tree: Any) -> Any:
@@ -165,7 +165,7 @@ class PmapParallel(JitParallel):
         return conv.pmap(step_fn, axis_name=self.axis_name, donate_argnums=(0,))
 
     def compile_eval(self, eval_fn: Callable) -> Callable:
-        return conv.pmap(eval_fn, axis_name=self.axis_name)
+        return conv.pmap(eval_fn, inference=True, axis_name=self.axis_name)
 
     def fetch(self, tree: Any) -> Any:
         # Every replica holds the same value (pmean-ed); take this process's first.
