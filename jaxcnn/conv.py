@@ -117,22 +117,22 @@ convolution onto 64 output channels or fewer on one thread (2-core AVX2 machine,
 
 CPU_INFERENCE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                                   "LIBRARY_FUSION_TYPE_REDUCE"}
-"""XLA's options for forward passes alone (inference, evaluation) on an x86 CPU without
-AVX-512: YNNPACK keeps the reductions, and the matrix products go to XLA's own (Eigen) as the
-convolutions do. On the 2-core AMD EPYC with AVX2 (2026-12-06, float32), Eigen's product was
-the faster in 31 of 41 forward shapes (M x K by K x N, M 512-100,352, K and N 64-1,024; the
-median 1.12 times YNNPACK's rate), but the gradient's product with a transposed right operand
-ran at 0.37-0.62 of YNNPACK's where M is small (512 x 4,096 by 4,096 x 512: 62 against 162
-GFLOP/s), and train steps moved both ways (VGG-16 at 32 px 36.7 -> 28.8 images/s, ResNet-50
-at 64 px 49.8 -> 55.5): train steps keep :data:`CPU_COMPILER_OPTIONS`. Inference, batch 32,
-both programs in one process, windows in turn, median images/s: LeNet-5 16,300 -> 23,600,
-AlexNet at 64 px 400 -> 558, VGG-16 at 32 px 118 -> 150, SE-ResNet-50 at 32 px 506 -> 607,
-MobileNetV2 at 32 px 4,320 -> 5,950, ResNet-18 at 32 px 1,454 -> 1,623, DenseNet-121 at 32 px
-896 -> 1,002, MobileNet v1 at 32 px 4,219 -> 4,620; at 224 px ResNeXt-50 14.7 -> 15.7,
-EfficientNet-B0 75.8 -> 81.7, ResNet-50 17.9 -> 18.2, MobileNetV2 122 -> 121; GoogLeNet at
-64 px 551 -> 554, Inception v3 at 75 px 334 -> 338, ResNeXt-50 at 64 px 147 -> 148, ResNet-50
-at 64 px 196 -> 185 (its windows 166-216 on both sides). Not measured with AVX-512, where the
-default stays."""
+"""XLA's options for forward passes alone (inference, evaluation) on an x86 CPU without AVX-512:
+YNNPACK keeps the reductions, and the matrix products go to XLA's own (Eigen) as the
+convolutions do. On the 2-core AMD EPYC with AVX2 (2026-12-06, float32), Eigen's product was the
+faster in 31 of 41 forward shapes (M x K by K x N, M 512-100,352, K and N 64-1,024; the median
+1.10 times YNNPACK's rate, at most 1.78), but the gradient's product with a transposed right
+operand ran at 0.37-0.62 of YNNPACK's where M is small (a 512 x 512 cotangent by the transpose
+of a 4,096 x 512 kernel: 62 against 162 GFLOP/s), and train steps moved both ways (VGG-16 at 32
+px 36.7 -> 28.8 images/s, ResNet-50 at 64 px 49.8 -> 55.5): train steps keep
+:data:`CPU_COMPILER_OPTIONS`. Inference, batch 32, both programs in one process, windows in
+turn, median images/s: LeNet-5 16,300 -> 23,600, AlexNet at 64 px 400 -> 558, VGG-16 at 32 px
+118 -> 150, SE-ResNet-50 at 32 px 506 -> 607, MobileNetV2 at 32 px 4,320 -> 5,950, ResNet-18 at
+32 px 1,454 -> 1,623, DenseNet-121 at 32 px 896 -> 1,002, MobileNet v1 at 32 px 4,219 -> 4,620;
+at 224 px ResNeXt-50 14.7 -> 15.7, EfficientNet-B0 75.8 -> 81.7, ResNet-50 17.9 -> 18.2,
+MobileNetV2 122 -> 121; GoogLeNet at 64 px 551 -> 554, Inception v3 at 75 px 334 -> 338,
+ResNeXt-50 at 64 px 147 -> 148, ResNet-50 at 64 px 196 -> 185 (its windows 166-216 on both
+sides). Not measured with AVX-512, where the default stays."""
 
 
 @functools.cache
