@@ -508,8 +508,6 @@ def time_input_pipeline(image_size: int = 224, batch_size: int = 128, batches: i
         # Stop the pipeline's reader threads before the folder goes: left running, they log
         # a NotFoundError for each JPEG they reach after it is deleted.
         it.close()
-        del it
-        gc.collect()
     rate = batches * batch_size / seconds
     return {"image_size": image_size, "augment": "inception (decode crop, resize, flip)",
             "source_jpeg_kb": round(size / (images + 2) / 1024, 1), "cores": cores,
