@@ -218,7 +218,7 @@ def prepare(arch: str, *, batch_size: int, image_size: int | None = None, dtype:
             infer = conv.jit(forward, inference=True,
                              in_shardings=(par.replicated, par.data), out_shardings=par.data)
         else:
-            infer = jax.pmap(forward, axis_name=par.axis_name)
+            infer = conv.pmap(forward, inference=True, axis_name=par.axis_name)
         images = batch["image"]
         start = time.perf_counter()
         if c.parallel == "jit":

@@ -826,7 +826,8 @@ def _epoch_figures(setup: Setup, plan: Plan, parallel: JitParallel, data: Any, i
     if not is_main or objective.figure is None:
         return None
     folder = os.path.join(c.workdir, objective.figure)
-    apply_fn = conv.jit(setup.model.apply, static_argnames=("train", "mutable"))
+    apply_fn = conv.jit(setup.model.apply, inference=True,
+                        static_argnames=("train", "mutable"))
     images = []
 
     def draw(state: TrainState, epoch: int) -> None:
