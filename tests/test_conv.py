@@ -611,5 +611,6 @@ def test_depthwise_kernel_gradients_hold_no_shifted_copies_of_the_input():
     shape = conv.Shape((n, size, size, channels), (3, 3, 1, channels), (1, 1),
                        ((1, 1), (1, 1)), channels)
     assert conv.choose(shape, "cpu").kernel_grad == "spread"
-    per_layer = (temporaries(6) - temporaries(2)) / 4 / (4 * n * size * size * channels)
+    # 4.5 from 2 to 4 layers as from 2 to 6 (whose compilation took 4.9 s of the test's 11).
+    per_layer = (temporaries(4) - temporaries(2)) / 2 / (4 * n * size * size * channels)
     assert per_layer < 8, per_layer
