@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 from conftest import DEEPER_SIBLINGS, assert_batch_stats_moved
 
 import jaxcnn
@@ -150,12 +151,9 @@ def test_published_input_in_bfloat16_and_without_the_head(name):
     assert feats.ndim == 2 and feats.shape[0] == 2 and feats.shape[1] > 0
     assert feats.dtype == jnp.float32
 
-    def arrays(tree):
-        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-        return {jax.tree_util.keystr(path): leaf.shape for path, leaf in flat}
-
-    whole = arrays(variables)
-    foreign = {k: v for k, v in arrays(backbone).items() if whole.get(k) != v}
+    whole = {k: v.shape for k, v in traverse_util.flatten_dict(variables).items()}
+    foreign = {k: v.shape for k, v in traverse_util.flatten_dict(backbone).items()
+               if whole.get(k) != v.shape}
     assert not foreign, f"the backbone has arrays the classifier network has not: {foreign}"
 
 
