@@ -13,6 +13,7 @@ import pytest
 
 import jaxcnn
 from jaxcnn import convert, layers, weights
+from conftest import keras_calls, numpy_keras_initialisers
 
 # Keras' MobileNet at the released alphas other than 1.0: only rounded figures are published
 # (Howard et al. 2017, Table 6: 2.6M, 1.3M, 0.5M). These exact totals and trainable counts were
@@ -123,14 +124,13 @@ def test_converted_reference_matches_at_odd_sizes(name, size):
     x = np.random.default_rng(1).normal(size=(2, size, size, 3)).astype(np.float32)
     if conv.source == "keras":
         keras = pytest.importorskip("keras")  # on the JAX backend (tests/conftest.py)
-        from test_parity import _keras_calls, _numpy_keras_initialisers
 
         keras.backend.clear_session()
-        with _numpy_keras_initialisers():  # Keras' own compile once per weight shape
+        with numpy_keras_initialisers():  # Keras' own compile once per weight shape
             ref = getattr(keras.applications, conv.reference)(
                 weights=None, classes=10, input_shape=(size, size, 3), classifier_activation=None)
         state = {w.path: np.array(w.numpy()) for w in ref.weights}
-        [(expected, _)] = _keras_calls(ref, x, False)  # compiled: Keras' eager call is 5x slower
+        [(expected, _)] = keras_calls(ref, x, False)  # compiled: Keras' eager call is 5x slower
         expected = np.asarray(expected)
     else:
         torch = pytest.importorskip("torch")

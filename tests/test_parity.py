@@ -9,7 +9,6 @@ their random masks cannot agree). Relative error = max |ours - reference| / max 
 with ours in float32 must stay below 1e-4. Run with ``-s`` to see each conversion's errors.
 """
 
-import contextlib
 import os
 
 import jax
@@ -19,8 +18,8 @@ from flax import linen as nn
 
 import jaxcnn
 from jaxcnn import convert, weights
-from conftest import (assert_batch_stats_moved, randomize_keras_batchnorm,
-                      randomize_torch_batchnorm)
+from conftest import (assert_batch_stats_moved, keras_calls, numpy_keras_initialisers,
+                      randomize_keras_batchnorm, randomize_torch_batchnorm)
 
 pytestmark = pytest.mark.parity
 
@@ -133,33 +132,6 @@ def _torch_outputs(model, x):
     return eval_out.numpy(), train_out.numpy(), state
 
 
-@contextlib.contextmanager
-def _numpy_keras_initialisers():
-    """Keras' JAX backend compiles its random ops once per weight shape, which costs more than
-    the comparison itself; the initial values are irrelevant here, so NumPy draws them."""
-    from keras.src.backend.jax import random as backend_random
-
-    rng = np.random.default_rng(0)
-    saved = {n: getattr(backend_random, n) for n in ("uniform", "normal", "truncated_normal")}
-
-    def uniform(shape, minval=0.0, maxval=1.0, dtype=None, seed=None):
-        return rng.uniform(minval, maxval, shape).astype(dtype or "float32")
-
-    def normal(shape, mean=0.0, stddev=1.0, dtype=None, seed=None):
-        return (mean + stddev * rng.standard_normal(shape)).astype(dtype or "float32")
-
-    def truncated_normal(shape, mean=0.0, stddev=1.0, dtype=None, seed=None):
-        return (mean + stddev * np.clip(rng.standard_normal(shape), -2, 2)).astype(dtype or "float32")
-
-    for name, fn in (("uniform", uniform), ("normal", normal), ("truncated_normal", truncated_normal)):
-        setattr(backend_random, name, fn)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(backend_random, name, fn)
-
-
 def _keras_reference(conv, size, calibration):
     os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
@@ -167,7 +139,7 @@ def _keras_reference(conv, size, calibration):
     # Unnamed Keras layers are numbered per session (conv2d, conv2d_1, ...); the converters
     # expect the numbering of a fresh session.
     keras.backend.clear_session()
-    with _numpy_keras_initialisers():
+    with numpy_keras_initialisers():
         model = getattr(keras.applications, conv.reference)(
             weights=None, classes=NUM_CLASSES, input_shape=(size, size, 3),
             classifier_activation=None, **dict(conv.reference_kwargs),
@@ -183,7 +155,7 @@ def _keras_reference(conv, size, calibration):
         momenta = [l.momentum for l in bns]
         for layer in bns:
             layer.momentum = 0.0
-        [(_, moved)] = _keras_calls(model, calibration, True)
+        [(_, moved)] = keras_calls(model, calibration, True)
         for variable, value in zip(model.non_trainable_variables, moved):
             variable.assign(value)
         for layer, momentum in zip(bns, momenta):
@@ -191,18 +163,9 @@ def _keras_reference(conv, size, calibration):
     return model
 
 
-def _keras_calls(model, x, *modes):
-    """``(outputs, non-trainable variables)`` of one stateless call per training flag in
-    ``modes``, compiled together (Keras' eager call dispatches op by op: 5x slower here)."""
-    trainable = [v.value for v in model.trainable_variables]
-    non_trainable = [v.value for v in model.non_trainable_variables]
-    return jax.jit(lambda t, n, x: tuple(model.stateless_call(t, n, x, training=m)
-                                         for m in modes))(trainable, non_trainable, x)
-
-
 def _keras_outputs(model, x):
     state = {w.path: np.array(w.numpy()) for w in model.weights}
-    (eval_out, _), (train_out, _) = _keras_calls(model, x, False, True)
+    (eval_out, _), (train_out, _) = keras_calls(model, x, False, True)
     return np.asarray(eval_out), np.asarray(train_out), state
 
 
