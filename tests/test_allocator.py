@@ -105,6 +105,8 @@ def test_huge_pages_fault_a_block_in_2_mib_at_a_time():
 RESTART = r"""
 import os, sys
 print("start", os.getpid(), os.environ.get("GLIBC_TUNABLES"), flush=True)
+sys.addaudithook(lambda event, args: event == "os.exec" and print(
+    "exec", "jax" in sys.modules, "flax" in sys.modules, flush=True))
 sys.argv = ["-m"]  # as while `python -m train.main` imports its package
 import train
 print("running", os.getpid(), os.environ.get("GLIBC_TUNABLES"), flush=True)
@@ -123,11 +125,14 @@ def run_restart(**env: str) -> list[list[str]]:
 
 @pytest.mark.slow  # fresh processes that import the trainer
 @huge_pages_here
-def test_the_trainer_restarts_its_command_with_huge_pages():
-    (start, first_pid, none), (again, pid, tunable), (running, last_pid, still) = run_restart()
+def test_the_trainer_restarts_its_command_with_huge_pages_before_importing_jax():
+    (start, first_pid, none), exec_, (again, pid, tunable), (running, last_pid, still) = \
+        run_restart()
     assert (start, again, running) == ("start", "start", "running")
     assert none == "None" and tunable == still == allocator.HUGE_PAGES
     assert first_pid == pid == last_pid  # replaced in place: a launcher's child stays its child
+    # JAX and Flax (jaxcnn/__init__) are imported once, by the process that runs the command.
+    assert exec_ == ["exec", "False", "False"], exec_
 
 
 @pytest.mark.slow

@@ -27,26 +27,42 @@ The trainer runs from a checkout (``python -m train.main`` in the repository roo
 part of the ``jaxcnn`` wheel, so that no installed package claims the top-level name ``train``.
 """
 
+import importlib.util
 import os
 import sys
 
+
+def _allocator_alone():
+    """jaxcnn/allocator.py loaded by its path, apart from the package: it imports only the
+    standard library, where ``import jaxcnn.allocator`` would first run jaxcnn/__init__, which
+    imports JAX and Flax (2.3 s on the 2-core machine) in a process about to be replaced."""
+    package = importlib.util.find_spec("jaxcnn")
+    path = os.path.join(package.submodule_search_locations[0], "allocator.py")
+    spec = importlib.util.spec_from_file_location("jaxcnn_allocator_alone", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_MALLOC = os.environ.get("JAXCNN_MALLOC")
+if not _MALLOC and sys.argv[:1] == ["-m"]:  # imported to run `python -m train.<module>`
+    _alone = _allocator_alone()
+    if _alone.runs_on_cpu():
+        _alone.restart_with_huge_pages()  # returns where they do not apply (or did already)
+
 try:
-    from jaxcnn.allocator import keep_freed_memory, restart_with_huge_pages, runs_on_cpu
+    from jaxcnn.allocator import keep_freed_memory, runs_on_cpu
 except ValueError as err:  # jaxcnn refuses a misspelt JAXCNN_CONV when imported (conv.py)
     if sys.argv[:1] != ["-m"] or os.environ.get("JAXCNN_CONV") is None:
         raise
     print(f"error: {err}; set one of those or unset it", file=sys.stderr)  # as train.main does
     sys.exit(2)
 
-_MALLOC = os.environ.get("JAXCNN_MALLOC")
 if _MALLOC not in (None, "", "keep", "default"):
     import warnings
 
     warnings.warn(f"JAXCNN_MALLOC={_MALLOC!r} is not a setting: 'keep' keeps freed memory, "
                   "'default' leaves glibc's defaults (jaxcnn/allocator.py); unset, the trainer's "
                   "commands use huge pages", stacklevel=2)
-elif runs_on_cpu():
-    if _MALLOC == "keep":
-        keep_freed_memory()  # first, before any thread allocates: see jaxcnn/allocator.py
-    elif sys.argv[:1] == ["-m"]:  # imported to run `python -m train.<module>`: a program's entry
-        restart_with_huge_pages()
+elif _MALLOC == "keep" and runs_on_cpu():
+    keep_freed_memory()  # first, before any thread allocates: see jaxcnn/allocator.py
