@@ -389,7 +389,8 @@ def test_im2col_takes_the_batch_in_slices_where_patches_would_be_too_large(case,
         assert max(sizes) < shape.patch_bytes, (route, max(sizes), shape.patch_bytes)
 
 
-@pytest.mark.parametrize("keep", [False, True], ids=["", "kept input"])
+@pytest.mark.parametrize("keep", [(False, False), (True, False), (False, True)],
+                         ids=["", "kept input", "kept output"])
 @pytest.mark.parametrize("route", [conv.Route("xla", "im2col", "xla"),
                                    conv.Route("im2col", "xla", "im2col"),
                                    conv.Route("shifted", "xla", "im2col"),
@@ -400,13 +401,14 @@ def test_im2col_takes_the_batch_in_slices_where_patches_would_be_too_large(case,
 def test_mixed_routes_differentiate_both_ways(route, keep):
     """Each pass may take another formulation: reverse mode (the gradients) and forward mode
     (jax.jvp) still give lax's numbers, and a gradient with respect to the kernel alone
-    computes no input gradient. So they do with the input kept for the kernel gradient."""
+    computes no input gradient. So they do with the input kept for the kernel gradient, and
+    with the output kept when differentiated."""
     lhs_shape, rhs_shape, strides, padding, groups = CASES["depthwise 3x3"]
     x, w = _arrays(lhs_shape, rhs_shape)
     shape = conv.Shape(lhs_shape, rhs_shape, strides, padding, groups)
 
     def ours(x, w):
-        return conv.routed(x, w, shape, route, keep=keep)
+        return conv.routed(x, w, shape, route, keep=keep[0], keep_output=keep[1])
 
     def reference(x, w):
         return _reference(x, w, strides, padding, groups)
@@ -465,6 +467,35 @@ def test_kernel_gradients_transpose_a_kept_input(case, monkeypatch):
     assert any(" transpose(" in c for c in computations)
     assert not [c.splitlines()[0] for c in computations
                 if " transpose(" in c and " maximum(" in c]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU route")
+@pytest.mark.parametrize("kept_output", [True, False], ids=["kept", "without the rule"])
+def test_a_differentiated_shifted_sum_is_formed_once(kept_output, monkeypatch):
+    """A grouped convolution of 4 channels a group (the shifted sum of broadcast products)
+    under a train-mode batch norm: each of the norm's uses of the output (two statistics, the
+    normalisation, their gradients) copied the sum's 36 products into its own fusion, 12 of
+    them, until the output was kept. Now one fusion forms them forward and one for the input
+    gradient. Without the rule the count must exceed that, or this test checks nothing."""
+    lhs_shape, rhs_shape, groups = (4, 8, 8, 32), (3, 3, 4, 32), 8
+    if not kept_output:
+        monkeypatch.setattr(conv, "KEPT_OUTPUT_FORWARDS", frozenset())
+    x, w = _arrays(lhs_shape, rhs_shape)
+    shape = conv.Shape(lhs_shape, rhs_shape, (1, 1), ((1, 1), (1, 1)), groups)
+    assert conv.choose(shape, "cpu").forward == "shifted"
+
+    def loss(x, w):
+        h = conv.conv_general_dilated(x, w, (1, 1), "SAME", feature_group_count=groups,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        mean = jnp.mean(h, (0, 1, 2))
+        var = jnp.mean(jnp.square(h - mean), (0, 1, 2))
+        return jnp.sum(jnp.sin(jnp.maximum((h - mean) * lax.rsqrt(var + 1e-5), 0)))
+
+    program = conv.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
+    products = shape.taps * shape.group_in
+    forming = [c for c in re.split(r"\n(?=%|ENTRY)", program)
+               if c.count(" multiply(") >= products]
+    assert (len(forming) == 2) is kept_output, len(forming)
 
 
 def test_a_kernel_gradient_alone_computes_no_input_gradient():
