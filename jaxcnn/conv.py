@@ -635,7 +635,8 @@ def choose(s: Shape, backend: str) -> Route:
       gradient, a batch-grouped convolution, below 1 GFLOP/s), and the routes depend on the
       channels a group. With :data:`BROADCAST_GROUP_IN` or fewer (ResNeXt's first two
       stages) the forward pass is the shifted sum of broadcast products (ResNeXt-50's
-      inference at 32/64/224 px 1.35/1.38/2.1 times faster than with im2col) and at stride 1
+      inference at 32/64/224 px 1.35/1.38/2.1 times faster than with im2col; differentiated,
+      its output kept: :data:`KEPT_OUTPUT_FORWARDS`) and at stride 1
       the input gradient that sum over the output's gradient with the flipped kernel
       (``"flipped"``; batch 32, 4 channels a group: 16x16x128 19.7 -> 3.2 ms, 56x56x128 252
       -> 32; 8 a group: 56x56x256 409 -> 153), strided im2col. With
