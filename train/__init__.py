@@ -45,10 +45,10 @@ def _allocator_alone():
 
 
 _MALLOC = os.environ.get("JAXCNN_MALLOC")
-if not _MALLOC and sys.argv[:1] == ["-m"]:  # imported to run `python -m train.<module>`
+if sys.argv[:1] == ["-m"]:  # imported to run `python -m train.<module>`
     _alone = _allocator_alone()
-    if _alone.runs_on_cpu():
-        _alone.restart_with_huge_pages()  # returns where they do not apply (or did already)
+    if _alone.runs_on_cpu():  # returns where they do not apply (JAXCNN_MALLOC set, restarted)
+        _alone.restart_with_huge_pages()
 
 try:
     from jaxcnn.allocator import keep_freed_memory, runs_on_cpu
