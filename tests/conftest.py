@@ -123,7 +123,6 @@ def numpy_keras_initialisers():
     from keras.src.backend.jax import random as backend_random
 
     rng = np.random.default_rng(0)
-    saved = {n: getattr(backend_random, n) for n in ("uniform", "normal", "truncated_normal")}
 
     def uniform(shape, minval=0.0, maxval=1.0, dtype=None, seed=None):
         return rng.uniform(minval, maxval, shape).astype(dtype or "float32")
@@ -136,6 +135,7 @@ def numpy_keras_initialisers():
         return values.astype(dtype or "float32")
 
     replacements = {"uniform": uniform, "normal": normal, "truncated_normal": truncated_normal}
+    saved = {name: getattr(backend_random, name) for name in replacements}
     for name, fn in replacements.items():
         setattr(backend_random, name, fn)
     try:
