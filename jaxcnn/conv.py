@@ -639,22 +639,32 @@ def choose(s: Shape, backend: str) -> Route:
       its output kept: :data:`KEPT_OUTPUT_FORWARDS`) and at stride 1
       the input gradient that sum over the output's gradient with the flipped kernel
       (``"flipped"``; batch 32, 4 channels a group: 16x16x128 19.7 -> 3.2 ms, 56x56x128 252
-      -> 32; 8 a group: 56x56x256 409 -> 153), strided im2col. With
+      -> 32; 8 a group: 56x56x256 409 -> 153). With
       :data:`SPLIT_GROUP_IN` or more the forward pass is one XLA convolution per group
       (``"split"``, there the constant's figures), the input gradient im2col (one batched
       product for all groups), from :data:`SPLIT_INPUT_GRAD_GROUP_IN` on split too. Whatever
-      the width, the kernel gradient is split at stride 1 and one product per tap
-      (``"tapwise"``) strided (batch 32, AVX-512, ms, before -> after: 4 a group 56x56x128
-      127 -> 63, 16x16x128 10.3 -> 3.0; 8 a group 28x28x256 46 -> 25; 16 a group 14x14x512
-      53 -> 12; 32 a group 7x7x1024 32 -> 11; AlexNet's towers 27x27x96 -> 256 77 -> 36;
-      strided 56x56x256 127 -> 85, 28x28x512 60 -> 30, 14x14x1024 33 -> 20). In-process A/B
+      the width, the kernel gradient is split at stride 1 (batch 32, AVX-512, ms, before ->
+      after: 4 a group 56x56x128 127 -> 63, 16x16x128 10.3 -> 3.0; 8 a group 28x28x256 46 ->
+      25; 16 a group 14x14x512 53 -> 12; 32 a group 7x7x1024 32 -> 11; AlexNet's towers
+      27x27x96 -> 256 77 -> 36). Strided, whatever the width, both gradients are spread sums
+      (``"spread"``, 2026-12-06: faster than the earlier routes in 16 of the 18 gradients of
+      ResNeXt-50's nine strided shapes at 32, 64 and 224 px on AVX-512, 0.1 ms slower in
+      the two onto a 1x1 map, and in all at 64 px on AVX2; ms, input gradient im2col ->
+      spread and kernel gradient tapwise or im2col -> spread, AVX-512: at 64 px 16x16x256 13.2 ->
+      9.4 and 12.0 -> 6.0, 8x8x512 3.7 -> 2.4 and 3.8 -> 2.2; at 224 px 28x28x512 66.8 ->
+      33.4 and 63.8 -> 50.1, 14x14x1024 35.0 -> 31.0 and 30.3 -> 23.7). In whole steps
+      (in-process A/B, AVX-512, images/s, median of 5): ResNeXt-50 at 224 px 3.8 -> 4.0,
+      its train step's temporaries 3.72 -> 3.51 GiB (XLA's memory analysis); at 64 px level
+      within the noise. Before that, the input gradient took im2col and the kernel gradient
+      one product per tap (``"tapwise"``: 56x56x256 127 -> 85, 28x28x512 60 -> 30,
+      14x14x1024 33 -> 20 against XLA's). In-process A/B
       of whole steps against the earlier routes (XLA forward, im2col and tapwise kernel
       gradients; 2026-12-04, AVX-512, batch 32, images/s): ResNeXt-50 at 224 px inference
       27.6 -> 32.4, train 6.6 -> 7.0; at 64 px train 82 -> 90 (inference level); at 32 px
       level; AlexNet's two towers at 227 px inference 161 -> 184, train 56 -> 63. The price
       is compilation: ResNeXt-50's train step 8 -> 18 s at 224 px, 7.5 -> 13 at 64. Onto maps
       smaller than :data:`SPLIT_MIN_MAP` the forward pass of 16 or more channels a group
-      stays with XLA and the kernel gradients with im2col (tapwise at stride 1 for 8 or
+      stays with XLA and the kernel gradients at stride 1 with im2col (tapwise for 8 or
       fewer);
     * 1x1 convolutions, every pass: one matrix product (XLA's kernel gradient runs at 15-41 %
       of the product's speed, its forward pass and input gradient at 30-90 %);
@@ -692,16 +702,21 @@ def choose(s: Shape, backend: str) -> Route:
         return Route("shifted", "flipped" if applies("flipped", s) else "shifted", "spread")
     fits = s.patch_bytes <= MAX_PATCH_BYTES
     if s.groups > 1:
-        # Onto maps of SPLIT_MIN_MAP pixels or more, the kernel gradient takes one convolution
-        # per group at stride 1 and one product per tap strided.
+        broadcast = s.group_in <= BROADCAST_GROUP_IN and s.batch_chunks is not None
         large = s.out_h * s.out_w >= SPLIT_MIN_MAP
-        kernel = None if not large else "split" if s.strides == (1, 1) else "tapwise"
-        if s.group_in <= BROADCAST_GROUP_IN and s.batch_chunks is not None:
+        split = large and s.group_in >= SPLIT_GROUP_IN
+        if s.strides != (1, 1):
+            return Route("shifted" if broadcast else "split" if split else "xla",
+                         "spread", "spread")
+        # Onto maps of SPLIT_MIN_MAP pixels or more the kernel gradient takes one convolution
+        # per group.
+        kernel = "split" if large else None
+        if broadcast:
             if applies("flipped", s):
                 return Route("shifted", "flipped", kernel or "tapwise")
             return Route("shifted", "im2col", kernel or "im2col")
         gradients = "im2col" if fits else "shifted"
-        if not large or s.group_in < SPLIT_GROUP_IN:
+        if not split:
             return Route("xla", gradients, gradients)
         return Route("split", "split" if s.group_in >= SPLIT_INPUT_GRAD_GROUP_IN else gradients,
                      kernel)

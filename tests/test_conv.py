@@ -238,15 +238,16 @@ SLOW_ON_CPU = {
     # (im2col -> the broadcast shifted sum; PyTorch 1.3); its input gradient the same sum over
     # the output's gradient with the flipped kernel (im2col 19.7 -> 3.2 ms; at 224 px, 56x56,
     # 252 -> 32), its kernel gradient one XLA convolution per group (tapwise 10.3 -> 3.0 ms;
-    # at 224 px 127 -> 63). Strided, the input gradient stays with im2col, the kernel
-    # gradient takes one product per tap (56x56x256 at stride 2: 127 -> 85 ms).
+    # at 224 px 127 -> 63). Strided, both gradients are spread sums (2026-12-06, AVX-512: at
+    # 64 px 16x16x256 at stride 2, input gradient im2col 13.2 -> 9.4 ms, kernel gradient
+    # tapwise 12.0 -> 6.0; at 224 px 56x56x256 104.5 -> 100.8 and 131.3 -> 107.2).
     "grouped 3x3, 4 a group": ((32, 16, 16, 128), (3, 3, 4, 128), (1, 1), ((1, 1), (1, 1)), 32,
                                conv.Route("shifted", "flipped", "split")),
     "grouped 3x3, 4 a group at 224 px": ((32, 56, 56, 128), (3, 3, 4, 128), (1, 1),
                                          ((1, 1), (1, 1)), 32,
                                          conv.Route("shifted", "flipped", "split")),
     "grouped 3x3 s2, 8 a group": ((32, 16, 16, 256), (3, 3, 8, 256), (2, 2), ((1, 1), (1, 1)),
-                                  32, conv.Route("shifted", "im2col", "tapwise")),
+                                  32, conv.Route("shifted", "spread", "spread")),
     # 16 channels a group and more: the forward pass and the kernel gradient one XLA
     # convolution per group (14x14x512 at 224 px: forward 20.5 -> 6.9 ms, PyTorch 3.4; kernel
     # gradient im2col 53 -> 12), the input gradient im2col (split 14.5, im2col 13.9) ...
@@ -257,8 +258,10 @@ SLOW_ON_CPU = {
     "grouped 3x3, 16 a group onto 4x4": ((32, 4, 4, 512), (3, 3, 16, 512), (1, 1),
                                          ((1, 1), (1, 1)), 32,
                                          conv.Route("xla", "im2col", "im2col")),
+    # Strided, split forward and spread gradients (28x28x512 at 224 px: input gradient im2col
+    # 66.8 -> 33.4 ms, kernel gradient tapwise 63.8 -> 50.1).
     "grouped 3x3 s2, 16 a group": ((32, 28, 28, 512), (3, 3, 16, 512), (2, 2),
-                                   ((1, 1), (1, 1)), 32, conv.Route("split", "im2col", "tapwise")),
+                                   ((1, 1), (1, 1)), 32, conv.Route("split", "spread", "spread")),
     # ... but from 48 a group on (AlexNet's towers) the input gradient too (27x27x96 -> 256:
     # im2col 73 -> 38 ms).
     "AlexNet's towers": ((32, 27, 27, 96), (5, 5, 48, 256), (1, 1), ((2, 2), (2, 2)), 2,
