@@ -654,10 +654,11 @@ def choose(s: Shape, backend: str) -> Route:
       9.4 and 12.0 -> 6.0, 8x8x512 3.7 -> 2.4 and 3.8 -> 2.2; at 224 px 28x28x512 66.8 ->
       33.4 and 63.8 -> 50.1, 14x14x1024 35.0 -> 31.0 and 30.3 -> 23.7). In whole steps
       (in-process A/B, AVX-512, images/s, median of 5): ResNeXt-50 at 224 px 3.8 -> 4.0,
-      its train step's temporaries 3.72 -> 3.51 GiB (XLA's memory analysis); at 64 px level
-      within the noise. Before that, the input gradient took im2col and the kernel gradient
-      one product per tap (``"tapwise"``: 56x56x256 127 -> 85, 28x28x512 60 -> 30,
-      14x14x1024 33 -> 20 against XLA's). In-process A/B
+      its train step's temporaries 3.72 -> 3.51 GiB (XLA's memory analysis); at 32 and 64 px
+      level within the noise (measured with stride-1 changes that were not taken). Before
+      that, the input gradient took im2col and the kernel gradient one product per tap
+      (``"tapwise"``: 56x56x256 127 -> 85, 28x28x512 60 -> 30, 14x14x1024 33 -> 20 against
+      XLA's). In-process A/B
       of whole steps against the earlier routes (XLA forward, im2col and tapwise kernel
       gradients; 2026-12-04, AVX-512, batch 32, images/s): ResNeXt-50 at 224 px inference
       27.6 -> 32.4, train 6.6 -> 7.0; at 64 px train 82 -> 90 (inference level); at 32 px
