@@ -658,9 +658,9 @@ def choose(s: Shape, backend: str) -> Route:
       level within the noise (measured with stride-1 changes that were not taken). Before
       that, the input gradient took im2col and the kernel gradient one product per tap
       (``"tapwise"``: 56x56x256 127 -> 85, 28x28x512 60 -> 30, 14x14x1024 33 -> 20 against
-      XLA's). In-process A/B
-      of whole steps against the earlier routes (XLA forward, im2col and tapwise kernel
-      gradients; 2026-12-04, AVX-512, batch 32, images/s): ResNeXt-50 at 224 px inference
+      XLA's). In-process A/B of whole steps, the split routes against the ones before them
+      (XLA forward, im2col and tapwise kernel gradients; 2026-12-04, AVX-512, batch 32,
+      images/s): ResNeXt-50 at 224 px inference
       27.6 -> 32.4, train 6.6 -> 7.0; at 64 px train 82 -> 90 (inference level); at 32 px
       level; AlexNet's two towers at 227 px inference 161 -> 184, train 56 -> 63. The price
       is compilation: ResNeXt-50's train step 8 -> 18 s at 224 px, 7.5 -> 13 at 64. Onto maps
@@ -711,16 +711,15 @@ def choose(s: Shape, backend: str) -> Route:
                          "spread", "spread")
         # Onto maps of SPLIT_MIN_MAP pixels or more the kernel gradient takes one convolution
         # per group.
-        kernel = "split" if large else None
         if broadcast:
             if applies("flipped", s):
-                return Route("shifted", "flipped", kernel or "tapwise")
-            return Route("shifted", "im2col", kernel or "im2col")
+                return Route("shifted", "flipped", "split" if large else "tapwise")
+            return Route("shifted", "im2col", "split" if large else "im2col")
         gradients = "im2col" if fits else "shifted"
         if not split:
             return Route("xla", gradients, gradients)
         return Route("split", "split" if s.group_in >= SPLIT_INPUT_GRAD_GROUP_IN else gradients,
-                     kernel)
+                     "split")
     if s.taps == 1:
         return Route.all("im2col")
     covers = s.kh >= s.out_h and s.kw >= s.out_w
