@@ -77,6 +77,12 @@ def assert_batch_stats_moved(stats, updates):
 # Shared by the tests that compare converted weights with a reference implementation.
 
 
+NUM_CLASSES = 10  # the references' heads: small, so that the comparison is of the features
+CALIBRATION_BATCH = 32
+BRANCH_SCALE = 0.2
+BRANCH_ENDS_TORCH = ("bn3",)  # torchvision and timm bottlenecks
+
+
 def randomize_torch_batchnorm(model, seed=0):
     """Gives every BatchNorm of a torch ``model`` random scales (1 + 0.2 N), offsets (0.2 N) and
     running statistics (mean 0.2 N, variance 0.5 + U), so that eval mode tests the converted
@@ -154,3 +160,59 @@ def keras_calls(model, x, *modes):
     non_trainable = [v.value for v in model.non_trainable_variables]
     return jax.jit(lambda t, n, x: tuple(model.stateless_call(t, n, x, training=m)
                                          for m in modes))(trainable, non_trainable, x)
+
+
+def torch_reference(conv, calibration):
+    """The torchvision or timm network that converter ``conv`` reads, with random weights and
+    BatchNorm (:func:`randomize_torch_batchnorm`) and no random masks (dropout, stochastic
+    depth). With a ``calibration`` batch (NHWC), the deep residual networks' conditioning of
+    tests/test_parity.py: each branch's last BatchNorm scaled by BRANCH_SCALE, and the running
+    statistics set to the batch statistics of ``calibration``."""
+    import torch
+
+    kwargs = dict(conv.reference_kwargs)
+    torch.manual_seed(0)  # the reference's own initialisation, for repeatable errors
+    if conv.source == "torchvision":
+        import torchvision
+
+        model = getattr(torchvision.models, conv.reference)(weights=None, num_classes=NUM_CLASSES,
+                                                             **kwargs)
+    else:
+        import timm
+
+        model = timm.create_model(conv.reference, pretrained=False, num_classes=NUM_CLASSES,
+                                  **kwargs)
+    bns = randomize_torch_batchnorm(model)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if calibration is not None and name.endswith(BRANCH_ENDS_TORCH):
+                m.weight.mul_(BRANCH_SCALE)
+                m.bias.mul_(BRANCH_SCALE)
+            # Random masks cannot agree across frameworks: switch them off on both sides.
+            if hasattr(m, "p") and isinstance(m.p, float) and "drop" in type(m).__name__.lower():
+                m.p = 0.0
+            if hasattr(m, "drop_prob"):
+                m.drop_prob = 0.0
+            if type(m).__name__ == "StochasticDepth":
+                m.p = 0.0
+    if calibration is not None:  # running statistics := the calibration batch's statistics
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.momentum = 1.0
+        model.train()
+        with torch.no_grad():
+            model(torch.from_numpy(calibration.transpose(0, 3, 1, 2).copy()))
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+    return model
+
+
+def random_images(seed, batch, size, pixels):
+    """``batch`` NHWC float32 images of N(0, 1) noise (``pixels``: 127.5 + 60 N, in pixel
+    units)."""
+    import numpy as np
+
+    x = np.random.default_rng(seed).standard_normal((batch, size, size, 3))
+    # Networks that normalise their own input (Keras EfficientNet) take pixels in [0, 255];
+    # N(0, 1) noise would reach them as a nearly constant image.
+    return (127.5 + 60.0 * x if pixels else x).astype(np.float32)

@@ -18,13 +18,13 @@ from flax import linen as nn
 
 import jaxcnn
 from jaxcnn import convert, weights
-from conftest import (assert_batch_stats_moved, keras_calls, numpy_keras_initialisers,
-                      randomize_keras_batchnorm, randomize_torch_batchnorm)
+from conftest import (BRANCH_SCALE, CALIBRATION_BATCH, NUM_CLASSES, assert_batch_stats_moved,
+                      keras_calls, numpy_keras_initialisers, random_images,
+                      randomize_keras_batchnorm, torch_reference)
 
 pytestmark = pytest.mark.parity
 
 TOLERANCE = 1e-4
-NUM_CLASSES = 10
 # Residual networks at random initialisation are chaotic: a float32 rounding error grows block
 # after block, so that torch's own float32 ResNet-101 differs from its float64 by 2.6e-4 in
 # train mode (Wide-ResNet-50: our float32 is 8e-5 from torch's float64), and with arbitrary
@@ -45,11 +45,8 @@ CONDITIONED = {
     "efficientnet_b3_keras", "efficientnet_b4_keras", "efficientnet_b5_keras",
     "efficientnet_b6_keras", "efficientnet_b7_keras",
 }
-BRANCH_SCALE = 0.2
-BRANCH_ENDS_TORCH = ("bn3",)  # torchvision and timm bottlenecks
 # Keras: ResNet v1 and EfficientNet branches end in a BatchNorm, ResNet v2 ones in a conv.
 BRANCH_ENDS_KERAS = ("_3_bn", "_project_bn", "_3_conv")
-CALIBRATION_BATCH = 32
 CASES = [(name, conv) for name in jaxcnn.list_models() for conv in convert.converters_for(name)]
 # Inputs the reference cannot take at our default small size (Keras' flattening VGG head).
 PARITY_SIZE = {("vgg16", "keras"): 224, ("vgg19", "keras"): 224}
@@ -67,46 +64,6 @@ PARITY_BATCH = {"inception_v3": 4, "inception_v3_keras": 4, **{n: 4 for n in CON
 def _size(name, conv):
     info = jaxcnn.model_info(name)
     return PARITY_SIZE.get((name, conv.source), max(info.min_size, min(64, info.input_shape[0])))
-
-
-def _torch_reference(conv, calibration):
-    import torch
-
-    kwargs = dict(conv.reference_kwargs)
-    torch.manual_seed(0)  # the reference's own initialisation, for repeatable errors
-    if conv.source == "torchvision":
-        import torchvision
-
-        model = getattr(torchvision.models, conv.reference)(weights=None, num_classes=NUM_CLASSES,
-                                                             **kwargs)
-    else:
-        import timm
-
-        model = timm.create_model(conv.reference, pretrained=False, num_classes=NUM_CLASSES,
-                                  **kwargs)
-    bns = randomize_torch_batchnorm(model)
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if calibration is not None and name.endswith(BRANCH_ENDS_TORCH):
-                m.weight.mul_(BRANCH_SCALE)
-                m.bias.mul_(BRANCH_SCALE)
-            # Random masks cannot agree across frameworks: switch them off on both sides.
-            if hasattr(m, "p") and isinstance(m.p, float) and "drop" in type(m).__name__.lower():
-                m.p = 0.0
-            if hasattr(m, "drop_prob"):
-                m.drop_prob = 0.0
-            if type(m).__name__ == "StochasticDepth":
-                m.p = 0.0
-    if calibration is not None:  # running statistics := the calibration batch's statistics
-        momenta = [m.momentum for m in bns]
-        for m in bns:
-            m.momentum = 1.0
-        model.train()
-        with torch.no_grad():
-            model(torch.from_numpy(calibration.transpose(0, 3, 1, 2).copy()))
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-    return model
 
 
 def _torch_outputs(model, x):
@@ -179,26 +136,19 @@ def _rel_err(ours, ref):
     return float(np.max(np.abs(np.asarray(ours) - ref)) / max(np.max(np.abs(ref)), 1e-12))
 
 
-def _images(seed, batch, size, pixels):
-    x = np.random.default_rng(seed).standard_normal((batch, size, size, 3))
-    # Networks that normalise their own input (Keras EfficientNet) take pixels in [0, 255];
-    # N(0, 1) noise would reach them as a nearly constant image.
-    return (127.5 + 60.0 * x if pixels else x).astype(np.float32)
-
-
 @pytest.mark.parametrize("name,conv", CASES, ids=[f"{n}-{c.source}" for n, c in CASES])
 def test_converted_weights_match_reference(name, conv):
     model = jaxcnn.create_model(name, num_classes=NUM_CLASSES)
     size, conditioned = _size(name, conv), name in CONDITIONED
     pixels = getattr(model, "input_normalization", False)
-    x = _images(1, PARITY_BATCH.get(name, 2), size, pixels)
-    calibration = _images(2, CALIBRATION_BATCH, size, pixels) if conditioned else None
+    x = random_images(1, PARITY_BATCH.get(name, 2), size, pixels)
+    calibration = random_images(2, CALIBRATION_BATCH, size, pixels) if conditioned else None
     if conv.source == "keras":
         pytest.importorskip("keras")
         ref_eval, ref_train, state = _keras_outputs(_keras_reference(conv, size, calibration), x)
     else:
         pytest.importorskip("torch")
-        ref_eval, ref_train, state = _torch_outputs(_torch_reference(conv, calibration), x)
+        ref_eval, ref_train, state = _torch_outputs(torch_reference(conv, calibration), x)
 
     template = jaxcnn.init_shapes(model, x.shape)
     variables = weights.convert(state, template, conv)

@@ -488,9 +488,10 @@ def test_attributions_match_captum(name):
     (12x12 window, stride 8, baseline 0: the second window is cut at the border) on the
     converted network, relative error < 1e-4.
 
-    The reference: test_parity's random weights and BatchNorm, with the running statistics of
-    every network calibrated on other random images (otherwise the logits of GoogLeNet and
-    MobileNetV2 hardly depend on the input: gradients of 1e-14), adapted by
+    The reference: conftest's :func:`torch_reference` (test_parity's random weights and
+    BatchNorm), with the running statistics of every network calibrated on other random images
+    (otherwise the logits of GoogLeNet and MobileNetV2 hardly depend on the input: gradients of
+    1e-14), adapted by
     :func:`rectifier_modules` so that Captum's rules reach every rectifier as ours do (the
     papers' scope; the difference of scopes is tested on a tiny network below). Both sides
     compute in float64: at random weights the gradient is ill-conditioned (mixed signs cancel),
@@ -502,20 +503,20 @@ def test_attributions_match_captum(name):
     torch = pytest.importorskip("torch")
     captum_attr = pytest.importorskip("captum.attr")
     from jaxcnn import convert
-    import test_parity as tp
+    from conftest import CALIBRATION_BATCH, NUM_CLASSES, random_images, torch_reference
 
     size, layer, module = CAPTUM_CASES[name]
     conv = convert.converters_for(name)[0]
-    ref = tp._torch_reference(conv, tp._images(2, tp.CALIBRATION_BATCH, size, False))
+    ref = torch_reference(conv, random_images(2, CALIBRATION_BATCH, size, False))
     state = {k: v.detach().numpy().copy() for k, v in ref.state_dict().items()}
     ref = rectifier_modules(ref).double().eval()
-    x = tp._images(1, 2, size, False).astype(np.float64)
+    x = random_images(1, 2, size, False).astype(np.float64)
     target = [3, 7]
 
     variables = convert.load_pretrained(name, state, input_shape=(1, size, size, 3),
-                                        num_classes=tp.NUM_CLASSES)
+                                        num_classes=NUM_CLASSES)
     with jax.enable_x64(True):
-        model = jaxcnn.create_model(name, num_classes=tp.NUM_CLASSES, dtype=jnp.float64)
+        model = jaxcnn.create_model(name, num_classes=NUM_CLASSES, dtype=jnp.float64)
         variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
         ours = vz.explain(model, variables, x, np.array(target), CAPTUM_METHODS, layer=layer,
                           steps=2, integration="gausslegendre", window=12, stride=8,
