@@ -70,6 +70,28 @@ def _every_formulation():
             for name, case in CASES.items() for f in conv.FORMULATIONS]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _value_and_grads(fn, x, w, cotangent):
+    y, pullback = jax.vjp(fn, x, w)
+    return y, pullback(cotangent)
+
+
+@functools.cache
+def _lax_value_and_grads(case):
+    """lax's output of ``case`` and its gradients for a random cotangent: computed once per
+    case and test process, for the seven formulations compared with it (the fast subset
+    compiled lax's 83 times)."""
+    lhs_shape, rhs_shape, strides, padding, groups = case
+    x, w = _arrays(lhs_shape, rhs_shape)
+
+    def reference(x, w):
+        return _reference(x, w, strides, padding, groups)
+
+    want_shape = jax.eval_shape(reference, x, w).shape
+    cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(want_shape), jnp.float32)
+    return cotangent, *_value_and_grads(reference, x, w, cotangent)
+
+
 @pytest.mark.parametrize("case,formulation", _every_formulation())
 def test_formulation_equals_lax_values_and_gradients(case, formulation):
     lhs_shape, rhs_shape, strides, padding, groups = case
@@ -83,18 +105,8 @@ def test_formulation_equals_lax_values_and_gradients(case, formulation):
     def ours(x, w):
         return impl(x, w, shape)
 
-    def reference(x, w):
-        return _reference(x, w, strides, padding, groups)
-
-    @functools.partial(jax.jit, static_argnums=0)
-    def value_and_grads(fn, x, w, cotangent):
-        y, pullback = jax.vjp(fn, x, w)
-        return y, pullback(cotangent)
-
-    want_shape = jax.eval_shape(reference, x, w).shape
-    cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(want_shape), jnp.float32)
-    want, want_grads = value_and_grads(reference, x, w, cotangent)
-    got, got_grads = value_and_grads(ours, x, w, cotangent)
+    cotangent, want, want_grads = _lax_value_and_grads(case)
+    got, got_grads = _value_and_grads(ours, x, w, cotangent)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for g, r in zip(got_grads, want_grads):
@@ -413,17 +425,28 @@ def test_mixed_routes_differentiate_both_ways(route, keep):
     def ours(x, w):
         return conv.routed(x, w, shape, route, keep=keep[0], keep_output=keep[1])
 
+    want_grads, want_tangent = _lax_grads_and_tangent(CASES["depthwise 3x3"])
+    for g, r in zip(_sine_loss_grads(ours)(x, w), want_grads):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4)
+    _, tangent = jax.jvp(ours, (x, w), (x, w))
+    np.testing.assert_allclose(tangent, want_tangent, rtol=1e-5, atol=1e-4)
+
+
+def _sine_loss_grads(fn):
+    return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w))), argnums=(0, 1)))
+
+
+@functools.cache
+def _lax_grads_and_tangent(case):
+    """lax's gradients of the sine loss and its forward-mode tangent along (x, w) for
+    ``case``, once per test process (the 24 routes and keeps above compare with them)."""
+    lhs_shape, rhs_shape, strides, padding, groups = case
+    x, w = _arrays(lhs_shape, rhs_shape)
+
     def reference(x, w):
         return _reference(x, w, strides, padding, groups)
 
-    def loss(fn):
-        return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w))), argnums=(0, 1)))
-
-    for g, r in zip(loss(ours)(x, w), loss(reference)(x, w)):
-        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4)
-    _, tangent = jax.jvp(ours, (x, w), (x, w))
-    np.testing.assert_allclose(tangent, jax.jvp(reference, (x, w), (x, w))[1], rtol=1e-5,
-                               atol=1e-4)
+    return _sine_loss_grads(reference)(x, w), jax.jvp(reference, (x, w), (x, w))[1]
 
 
 def test_kept_is_the_identity_bit_for_bit():
