@@ -81,7 +81,10 @@ _POLICY: contextvars.ContextVar[str] = contextvars.ContextVar(
 @contextlib.contextmanager
 def policy(name: str) -> Iterator[None]:
     """Within the block, functions traced use formulation ``name`` where it applies
-    (``"auto"``: :func:`choose`'s pick). Jitted functions traced before keep their choice."""
+    (``"auto"``: :func:`choose`'s pick). Jitted functions traced before keep their choice, and
+    so does a function traced again: JAX reuses its trace of the same Python function for the
+    same argument types, through a new ``jax.jit`` or ``jax.make_jaxpr`` of it too. To compare
+    policies, trace a fresh function (a new closure or lambda) under each."""
     token = _POLICY.set(_checked(name, "conv policy"))
     try:
         yield

@@ -234,8 +234,9 @@ def backward_rule(fun: Callable, rule: str, rectifiers: Sequence[str] = RECTIFIE
     def modified(*args):
         # The receptive-field evaluation rewrites max pooling, which it must see as XLA's
         # windowed maximum (not the CPU's formulation of it, a custom gradient).
+        # A fresh function: JAX would reuse a trace of ``fun`` made under another policy.
         with conv.policy("xla") if linear else contextlib.nullcontext():
-            closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
+            closed, out_shape = jax.make_jaxpr(lambda *a: fun(*a), return_shape=True)(*args)
         outs = interpreter.run(closed.jaxpr, closed.consts, jax.tree.leaves(args))
         return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
 

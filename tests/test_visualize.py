@@ -592,3 +592,21 @@ def test_captum_rectifies_only_relu_modules_the_papers_every_rectifier(functiona
             np.testing.assert_allclose(scoped[0, :, :, 0], captum, atol=1e-6)
         else:
             np.testing.assert_allclose(captum, hand, atol=1e-12)
+
+
+def test_rectifier_free_evaluation_traces_afresh_after_a_jit_of_the_same_function():
+    """The receptive-field evaluation (``linear=True``) must see max pooling as XLA's windowed
+    maximum. A function the caller has already jitted on the CPU holds a trace with jaxcnn's
+    formulation of it, which JAX would hand back for the same function and shapes whatever
+    the policy; the evaluation traces afresh and gives what it gives for a new function."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8, 2)), jnp.float32)
+
+    def pooled_sum():
+        return lambda images: jnp.sum(jaxcnn.layers.max_pool(images, 3, 2, 1))
+
+    def support(f):
+        return jax.grad(vz.backward_rule(f, "gradient", vz.RECTIFIERS, linear=True))(x)
+
+    jitted = pooled_sum()
+    jax.jit(jitted)(x)  # the caller's own compiled call, under the automatic policy
+    np.testing.assert_array_equal(support(jitted), support(pooled_sum()))
