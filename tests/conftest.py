@@ -77,7 +77,7 @@ def assert_batch_stats_moved(stats, updates):
 # Shared by the tests that compare converted weights with a reference implementation.
 
 
-NUM_CLASSES = 10  # the references' heads: small, so that the comparison is of the features
+NUM_CLASSES = 10  # the classes of every reference and converted network compared
 CALIBRATION_BATCH = 32
 BRANCH_SCALE = 0.2
 BRANCH_ENDS_TORCH = ("bn3",)  # torchvision and timm bottlenecks

@@ -144,9 +144,12 @@ def test_max_pool_formulation_gives_xla_values_and_gradients(size, window, strid
                              ceil_mode=ceil_mode)
     cotangent = jax.random.normal(jax.random.key(1), jax.eval_shape(pool, x).shape)
 
-    def value_and_grad():  # ((loss, gradient), pooled), compiled once
-        (loss, pooled), grad = jax.jit(jax.value_and_grad(
-            lambda v: (jnp.sum(pool(v) * cotangent), pool(v)), has_aux=True))(x)
+    def value_and_grad():  # ((loss, gradient), pooled), one fresh trace under each policy
+        def loss(v):
+            pooled = pool(v)
+            return jnp.sum(pooled * cotangent), pooled
+
+        (loss, pooled), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(x)
         return (loss, grad), pooled
 
     assert conv.reroutes() == (jax.default_backend() == "cpu")

@@ -491,9 +491,9 @@ def test_attributions_match_captum(name):
     The reference: conftest's :func:`torch_reference` (test_parity's random weights and
     BatchNorm), with the running statistics of every network calibrated on other random images
     (otherwise the logits of GoogLeNet and MobileNetV2 hardly depend on the input: gradients of
-    1e-14), adapted by
-    :func:`rectifier_modules` so that Captum's rules reach every rectifier as ours do (the
-    papers' scope; the difference of scopes is tested on a tiny network below). Both sides
+    1e-14), adapted by :func:`rectifier_modules` so that Captum's rules reach every rectifier
+    as ours do (the papers' scope; the difference of scopes is tested on a tiny network
+    below). Both sides
     compute in float64: at random weights the gradient is ill-conditioned (mixed signs cancel),
     so torch's own float32 saliency differs from its float64 by 2.7e-3 on ResNet-50 and 2e-2 on
     GoogLeNet, and a float32 comparison could not tell a wrong definition from rounding. The
