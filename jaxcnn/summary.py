@@ -9,7 +9,9 @@ Two counting conventions are in use for the same network:
   In Flax, ``params`` plus every other collection of state (``batch_stats``).
 
 Multiply-accumulates (MACs) count convolutions and matrix products only, batch 1, as
-torchvision's ``_ops`` does (its "GFLOPS" column is really GMACs).
+torchvision's ``_ops`` does (its "GFLOPS" column is really GMACs), for the network as written: a
+layer that computes the same maps with fewer (DenseNet's transition pools before its 1x1
+convolution) reports the written figure through a ``nominal_macs(inputs, kernel)`` method.
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ def _macs(module: nn.Module, inputs: tuple, output: Any, variables: dict) -> int
     kernel = variables.get("params", {}).get("kernel")
     if kernel is None or not hasattr(output, "shape"):
         return 0
+    nominal = getattr(module, "nominal_macs", None)
+    if nominal is not None:
+        return nominal(inputs[0], kernel)
     out_per_image = math.prod(output.shape[1:])
     if isinstance(module, nn.Dense):
         return out_per_image * kernel.shape[0]
@@ -119,16 +124,22 @@ def _trace(model, input_shape, overrides) -> tuple[list[LayerRow], Any]:
     shape = (1, *_default_shape(name, input_shape)[1:])
     rows: list[LayerRow] = []
     seen: set[str] = set()
+    running: set[str] = set()
 
     def interceptor(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
         mod = context.module
-        # A leaf layer has no submodules (its children are only variable names).
-        has_submodules = any(isinstance(c, nn.Module) for c in mod._state.children.values())
-        if context.method_name != "__call__" or has_submodules:
-            return out
         path = "/".join(mod.path)
-        if path in seen:
+        # A layer's row shows its outermost call: the input it was given, not the one a
+        # subclass passes on to its parent's ``__call__`` (see ``nominal_macs``).
+        if context.method_name != "__call__" or path in running or path in seen:
+            return next_fun(*args, **kwargs)
+        running.add(path)
+        try:
+            out = next_fun(*args, **kwargs)
+        finally:
+            running.discard(path)
+        # A leaf layer has no submodules (its children are only variable names).
+        if any(isinstance(c, nn.Module) for c in mod._state.children.values()):
             return out
         seen.add(path)
         variables = mod.variables if mod.scope is not None else {}

@@ -3,7 +3,8 @@
 tests/test_parity.py proves each declared converter at one small input, without aux heads. Here:
 the aux heads against torchvision (eval, train, aux logits, running means), the paper GoogLeNet
 against torchvision's module rewired to the BVLC Caffe prototxt (no Caffe is installed), the
-aux_logits collection, and the analytic minimum input sizes.
+aux_logits collection, the analytic minimum input sizes, and DenseNet's transition computed pool
+first.
 """
 
 from __future__ import annotations
@@ -220,3 +221,34 @@ def test_declared_converter_loads_aux_heads_only_into_a_model_that_has_them(name
     bare = {k: v for k, v in state.items() if not k.startswith(heads)}
     with pytest.raises(weights.WeightMismatchError, match=ours[heads[0]]):
         convert.load_pretrained(name, bare, from_="torchvision", aux_logits=True)
+
+
+@pytest.mark.parametrize("size", [(7, 9), (8, 8)])
+def test_densenet_transition_pools_before_its_convolution_with_the_same_maps(size):
+    """The transition's 1x1 conv and 2x2/2 average pool, run in the other order, give the maps
+    and gradients of the order the paper writes (XLA's convolution, then the pool), odd sizes
+    too; the summary still counts the convolution at its input's resolution."""
+    from jaxcnn import densenet, layers
+
+    x = jax.random.normal(jax.random.key(0), (2, *size, 6))
+    layer = densenet.ConvAvgPool(4, (1, 1), use_bias=False)
+    params = layer.init(jax.random.key(1), x)["params"]
+
+    def ours(kernel, x):
+        return layer.apply({"params": {"kernel": kernel}}, x)
+
+    def written(kernel, x):
+        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return layers.avg_pool(y, 2, 2)
+
+    cotangent = jax.random.normal(jax.random.key(2), (2, size[0] // 2, size[1] // 2, 4))
+    got, got_vjp = jax.vjp(ours, params["kernel"], x)
+    want, want_vjp = jax.vjp(written, params["kernel"], x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(got_vjp(cotangent), want_vjp(cotangent)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    transition = densenet.Transition(4, layers.batch_norm())
+    norm, conv = jaxcnn.layer_rows(transition, x.shape)
+    assert conv.output_shape == (1, size[0] // 2, size[1] // 2, 4)
+    assert conv.macs == size[0] * size[1] * 6 * 4
