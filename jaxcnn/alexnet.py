@@ -111,18 +111,20 @@ class AlexNet(layers.Classifier):
                 x = layers.local_response_norm(x, size=size, alpha=alpha, beta=beta, k=k)
             if i in self.pool_after:
                 x = layers.max_pool(x, 3, 2, ceil_mode=self.ceil_mode)
-        x = layers.adaptive_avg_pool(x, 6)
-        x = x.reshape(x.shape[0], -1)
-
         dropout = functools.partial(nn.Dropout, self.dropout_rate, deterministic=not train)
-        for name in ("fc6", "fc7"):
-            if self.dropout_before_dense:
-                x = dropout()(x)
-            x = nn.Dense(self.hidden, kernel_init=_torch_default_init, dtype=self.dtype,
-                         name=name)(x)
-            x = nn.relu(x)
-            if not self.dropout_before_dense:
-                x = dropout()(x)
+        before = self.dropout_before_dense
+        # 6x6 adaptive average pooling, flatten and fc6 as one layer (layers.PooledDense).
+        # torchvision's dropout on fc6's inputs acts on the pooled grid; outside training it is
+        # the identity, and the layer may then fold the pooling into its kernel.
+        x = layers.PooledDense(self.hidden, kernel_init=_torch_default_init, dtype=self.dtype,
+                               pool_size=6, name="fc6")(x, dropout() if before and train else None)
+        # Both orders have one dropout between fc6 and fc7: torchvision's on fc7's inputs, the
+        # paper's on fc6's outputs.
+        x = dropout()(nn.relu(x))
+        x = nn.relu(nn.Dense(self.hidden, kernel_init=_torch_default_init, dtype=self.dtype,
+                             name="fc7")(x))
+        if not before:
+            x = dropout()(x)
         return self.forward_head(x, train=train, pool=False, kernel_init=_torch_default_init)
 
 

@@ -411,13 +411,68 @@ def adaptive_avg_pool(x: jax.Array, output_size: int | tuple[int, int]) -> jax.A
     if h % oh == 0 and w % ow == 0:
         return nn.avg_pool(x, (h // oh, w // ow), (h // oh, w // ow))
 
-    def bounds(n_in: int, n_out: int) -> list[tuple[int, int]]:
-        return [(i * n_in // n_out, -(-(i + 1) * n_in // n_out)) for i in range(n_out)]
-
-    rows = [jnp.mean(x[:, a:b], axis=1) for a, b in bounds(h, oh)]
+    rows = [jnp.mean(x[:, a:b], axis=1) for a, b in _adaptive_cells(h, oh)]
     x = jnp.stack(rows, axis=1)
-    cols = [jnp.mean(x[:, :, a:b], axis=2) for a, b in bounds(w, ow)]
+    cols = [jnp.mean(x[:, :, a:b], axis=2) for a, b in _adaptive_cells(w, ow)]
     return jnp.stack(cols, axis=2)
+
+
+def _adaptive_cells(n_in: int, n_out: int) -> list[tuple[int, int]]:
+    """The input range [a, b) that each of ``n_out`` adaptive pooling cells averages."""
+    return [(i * n_in // n_out, -(-(i + 1) * n_in // n_out)) for i in range(n_out)]
+
+
+def _adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in): row i averages the inputs that :func:`adaptive_avg_pool`'s cell i does."""
+    matrix = np.zeros((n_out, n_in), np.float32)
+    for i, (a, b) in enumerate(_adaptive_cells(n_in, n_out)):
+        matrix[i, a:b] = 1.0 / (b - a)
+    return matrix
+
+
+class PooledDense(nn.Dense):
+    """torchvision's classifier entry, ``AdaptiveAvgPool2d(pool_size)``, flatten, ``Linear``, as
+    one layer with the Dense's parameters: ``kernel`` (pool_size**2 * C, features), rows in
+    (row, column, channel) order, and ``bias``. It takes the NHWC maps.
+
+    Both steps are linear. Where the maps are smaller than the pooled grid (VGG at 32 or 64 px:
+    1x1 or 2x2 maps spread over 7x7 cells), the pooling only repeats pixels, and the kernel
+    summed over the cells each pixel feeds gives the same outputs from the pixels themselves:
+    the batch's multiply-accumulates fall by the ratio of cells to pixels (49 at 1x1), for the
+    price of one fold of the kernel per step. The fold is taken where it costs less in all.
+
+    ``dropout``, when given, acts on the pooled grid before the product (torchvision's AlexNet
+    drops fc6's inputs in training): the grid is then formed, as the cells' masks differ.
+    """
+
+    pool_size: int = 7
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, dropout: Callable[[jax.Array], jax.Array] | None = None
+                 ) -> jax.Array:
+        batch, h, w, c = inputs.shape
+        n = self.pool_size
+        kernel = self.param("kernel", self.kernel_init, (n * n * c, self.features),
+                            self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        # Multiply-accumulates over c * features: the fold (one product of the kernel's cells
+        # with the pixels they take) and the batch's product, against the batch's product with
+        # the pooled grid. (Two products, one per axis, took 10 times as long on the CPU.)
+        if dropout is None and h * w * (n * n + batch) < batch * n * n:
+            rows, cols = _adaptive_pool_matrix(h, n), _adaptive_pool_matrix(w, n)
+            pixels_of_cells = np.einsum("ir,js->rsij", rows, cols).reshape(h * w, n * n)
+            kernel = jnp.dot(pixels_of_cells, kernel.reshape(n * n, c * self.features),
+                             precision=jax.lax.Precision.HIGHEST)  # no reduced-precision passes
+            kernel = kernel.reshape(h * w * c, self.features)
+            x = inputs.reshape(batch, -1)
+        else:
+            x = adaptive_avg_pool(inputs, n).reshape(batch, -1)
+            if dropout is not None:
+                x = dropout(x)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jax.lax.dot_general(x, kernel, (((1,), (0,)), ((), ())), precision=self.precision)
+        return y if bias is None else y + bias
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:

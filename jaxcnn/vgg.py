@@ -78,14 +78,14 @@ class VGG(layers.Classifier):
                     name=f"block{stage}_conv{i}",
                 )(x, train=train)
             x = layers.max_pool(x, 2, 2)
-        x = layers.adaptive_avg_pool(x, 7)
-        x = x.reshape(x.shape[0], -1)
-
         dense_init = nn.initializers.normal(0.01)
-        for name in ("fc1", "fc2"):
-            x = nn.Dense(self.hidden, kernel_init=dense_init, dtype=self.dtype, name=name)(x)
-            x = nn.relu(x)
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        dropout = functools.partial(nn.Dropout, self.dropout_rate, deterministic=not train)
+        # 7x7 adaptive average pooling, flatten and fc1 in one layer (torchvision's avgpool).
+        x = layers.PooledDense(self.hidden, kernel_init=dense_init, dtype=self.dtype,
+                               pool_size=7, name="fc1")(x)
+        x = dropout()(nn.relu(x))
+        x = nn.Dense(self.hidden, kernel_init=dense_init, dtype=self.dtype, name="fc2")(x)
+        x = dropout()(nn.relu(x))
         return self.forward_head(x, train=train, pool=False, kernel_init=dense_init)
 
 

@@ -80,6 +80,44 @@ def test_adaptive_avg_pool_matches_pytorch(size, out):
     np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("hw,pool,batch,folds", [
+    ((2, 3), 7, 32, True), ((5, 5), 7, 32, False),
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in [
+        ((1, 1), 7, 32, True), ((4, 4), 7, 32, True), ((4, 4), 6, 32, True),
+        ((6, 6), 7, 32, False), ((7, 7), 7, 32, False), ((13, 9), 6, 32, False),
+        ((1, 1), 7, 1, False)]),
+])
+def test_pooled_dense_is_adaptive_pooling_then_dense(hw, pool, batch, folds):
+    """VGG's and AlexNet's classifier entry: values and gradients of the pooled grid's product,
+    whether or not the layer folds the pooling into its kernel (and it folds where it should)."""
+    c, features = 5, 3
+    x = jax.random.normal(jax.random.key(0), (batch, *hw, c))
+    mask = jax.random.bernoulli(jax.random.key(1), 0.5, (batch, pool * pool * c)) * 2.0
+    layer = layers.PooledDense(features, pool_size=pool)
+    params = layer.init(jax.random.key(2), x)["params"]
+    cotangent = jax.random.normal(jax.random.key(3), (batch, features))
+    for dropout in (None, lambda v: v * mask):
+        def ours(p, x):
+            return layer.apply({"params": p}, x, dropout)
+
+        def written(p, x):
+            grid = layers.adaptive_avg_pool(x, pool).reshape(batch, -1)
+            grid = grid if dropout is None else dropout(grid)
+            return nn.Dense(features).apply({"params": p}, grid)
+
+        def value_and_grads(f):
+            return jax.jit(lambda p, x: (f(p, x), jax.vjp(f, p, x)[1](cotangent)))(params, x)
+
+        for g, w in zip(jax.tree.leaves(value_and_grads(ours)),
+                        jax.tree.leaves(value_and_grads(written))):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+        # The product's left operand: the pixels where it folds, the pooled grid otherwise.
+        products = [e.invars[0].aval.shape for e in jax.make_jaxpr(ours)(params, x).jaxpr.eqns
+                    if e.primitive.name == "dot_general"]
+        cells = hw[0] * hw[1] if folds and dropout is None else pool * pool
+        assert products[-1] == (batch, cells * c)
+
+
 def test_check_image_errors_say_the_fix():
     with pytest.raises(layers.InputShapeError, match=r"x\[None\]"):
         layers.check_image(jnp.zeros((32, 32, 3)), min_size=32, model="Net")
