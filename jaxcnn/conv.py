@@ -410,7 +410,8 @@ BROADCAST_GROUP_IN = 8
 as elementwise products, one per tap and input channel of a group, each broadcast over the
 group's outputs (ResNeXt-50's first two stages: 4 and 8 channels a group; forward pass 3-8
 times faster than im2col alone, batch 32, 2026-12-03). From 16 channels a group on it ran 6-13
-times slower than im2col."""
+times slower than im2col. A grey-level image (one input channel, :data:`GREY_SUM_TAPS`) takes
+the same sum as one group."""
 
 
 def _tap_product(v: jax.Array, kernel: jax.Array, s: Shape, precision: Any = None
@@ -429,7 +430,8 @@ def _tap_product(v: jax.Array, kernel: jax.Array, s: Shape, precision: Any = Non
 def shifted_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> jax.Array:
     kernel = w.reshape(s.taps, s.group_in, s.out_channels)
     g, cg, og = s.groups, s.group_in, s.out_channels // s.groups
-    broadcast = g > 1 and not s.depthwise and cg <= BROADCAST_GROUP_IN
+    # A grey-level image (one input channel) is the one-group case of the same sum.
+    broadcast = (g > 1 or s.in_channels == 1) and not s.depthwise and cg <= BROADCAST_GROUP_IN
     rows = broadcast and s.strides == (1, 1)
     taps, wp = _row_taps(x, s) if rows else (_taps(x, s), None)
     y = None
@@ -564,11 +566,30 @@ runs at a third to a half of its usual throughput there, its input gradient at 1
 
 
 GREY_STEM_OUT = 8
-"""A stride-1 convolution of a one-channel (grey-level) image onto at most this many maps
-takes its forward pass through im2col: LeNet-5's C1 (32x32x1 -> 6, 5x5). XLA's convolution
-took 1.2 ms of LeNet-5's 2.9-ms train step there (batch 32, AVX-512); in-process A/B, LeNet-5
-inference 44,400 -> 57,000 images/s. Onto 20 maps (Caffe's LeNet, the STN's localisation
-net) XLA's was as fast or faster (42x42x1 -> 20: 1.0 ms, im2col 2.5), so they keep it."""
+"""A stride-1 convolution of a one-channel (grey-level) image onto at most this many maps,
+with a kernel larger than :data:`GREY_SUM_TAPS` (the 7x7 of the STN's localisation net on
+MNIST), takes its forward pass through im2col. XLA's convolution took 1.2 ms of LeNet-5's
+2.9-ms train step at its C1 (batch 32, AVX-512); in-process A/B, LeNet-5 inference 44,400 ->
+57,000 images/s (2026-12-04, before :data:`GREY_SUM_TAPS`' rule took C1)."""
+
+GREY_SUM_TAPS, GREY_SUM_OUT = 25, 20
+"""A stride-1 convolution of a grey-level image with at most 25 taps (5x5) onto at most 20
+maps takes its forward pass as the shifted sum of broadcast products (the one-group case of
+:data:`BROADCAST_GROUP_IN`): one elementwise product per tap, each broadcast over the maps,
+all in one loop, its output kept when differentiated (:data:`KEPT_OUTPUT_FORWARDS`). Im2col
+builds 25 one-channel slices and concatenates them along the channel axis, 1.0-1.2 ms for
+LeNet-5's C1 (32x32x1 -> 6, batch 32, AVX-512) against the sum's 0.17-0.18 ms alone.
+In-process A/B of whole networks (2026-12-07, AVX-512, batch 32, images/s, median of 5-7
+windows, before -> after; before is im2col onto 8 maps or fewer, XLA onto more): train steps
+LeNet-5 7,700 -> 9,900 and 7,900 -> 11,200 in two runs, the STN's CNN on 42x42 MNIST 860 ->
+1,300, Caffe's LeNet (20 maps) 3,070 -> 3,380, the what-where autoencoder (16 maps) 2,730 ->
+3,030, LeNet-5 (1998) and the MNIST CNN (16 maps) level; inference LeNet-5 level (19,300 and
+20,100 -> 18,600 and 19,000, within the windows' spread: fused into the max pool's strided
+views, the sum loses most of its speed), LeNet-5 (1998) 12,500 -> 17,400, the MNIST CNN 7,300
+-> 11,200, Caffe's LeNet 10,500 -> 12,500, the what-where autoencoder 6,900 -> 10,600. A 7x7
+kernel (49 taps, the STN's 28x28 localisation net onto 8 maps) trained 2,000 -> 2,180 but
+inferred 10,500 -> 6,100, so larger kernels keep their route. An earlier shifted sum of one
+matrix product per tap (each contracting one channel) made LeNet-5 slower (0.85x train)."""
 
 WIDE_PAD_GRAD_MAP = 16 * 16
 """The input gradient of a stride-1 convolution is a convolution padded by ``k - 1 - pad``:
@@ -680,8 +701,11 @@ def choose(s: Shape, backend: str) -> Route:
       batch 32: 51 -> 35 ms);
     * at stride 1 over small maps (:data:`WIDE_PAD_GRAD_MAP`), the input gradient of kernels
       whose gradient pads by 2 or more (an unpadded 5x5 or 3x3): im2col (LeNet-5's C3 0.81 ->
-      0.32 ms); and the forward pass of a grey-level image onto a few maps
-      (:data:`GREY_STEM_OUT`, LeNet-5's C1): im2col.
+      0.32 ms);
+    * the forward pass of a grey-level image at stride 1: with a kernel of at most 5x5 onto
+      at most 20 maps (LeNet-5's C1, Caffe's LeNet, the MNIST networks) the shifted sum of
+      broadcast products (:data:`GREY_SUM_TAPS`), with a larger kernel onto a few maps
+      im2col (:data:`GREY_STEM_OUT`).
 
     Everything else stays with XLA, compiled by :func:`jit` to XLA's own (Eigen) convolution:
     the stems, the forward pass of strided convolutions onto larger maps, every pass of 3x3
@@ -696,9 +720,9 @@ def choose(s: Shape, backend: str) -> Route:
 
     Two rules that won on single convolutions lost in whole networks and are not taken: the
     shifted sum for the kernel gradient of 3x3 convolutions on maps of 17 px and more (1.6-2.3x
-    faster alone; VGG-16's train step at 64 px 0.63x with it) and for the forward pass of
-    grey-level stems (2-5x alone; LeNet-5 0.85x train, 0.69x inference with it; again no faster
-    in LeNet-5's steps with Eigen's convolution, 2026-12-04).
+    faster alone; VGG-16's train step at 64 px 0.63x with it) and, for the forward pass of
+    grey-level stems, the shifted sum of one matrix product per tap (2-5x alone; LeNet-5 0.85x
+    train, 0.69x inference with it), since replaced by its broadcast products.
     """
     if backend != "cpu":
         return XLA
@@ -728,8 +752,11 @@ def choose(s: Shape, backend: str) -> Route:
     covers = s.kh >= s.out_h and s.kw >= s.out_w
     if fits and covers and (s.kh > s.out_h or s.kw > s.out_w):
         return Route.all("im2col")
-    if s.in_channels == 1 and s.out_channels <= GREY_STEM_OUT and s.strides == (1, 1) and fits:
-        return Route("im2col", "xla", "xla")
+    if s.in_channels == 1 and s.strides == (1, 1):
+        if s.taps <= GREY_SUM_TAPS and s.out_channels <= GREY_SUM_OUT:
+            return Route("shifted", "xla", "xla")
+        if s.out_channels <= GREY_STEM_OUT and fits:
+            return Route("im2col", "xla", "xla")
     if s.in_channels <= 4:  # a stem: XLA is the fastest on its few input channels
         return XLA
     if fits and max(s.strides) > 1:
@@ -765,9 +792,10 @@ and never takes it."""
 
 
 KEPT_OUTPUT_FORWARDS = frozenset({"shifted"})
-"""Forward formulations whose output a grouped convolution keeps (:func:`kept`) when it is
-differentiated. The shifted sum of broadcast products (:data:`BROADCAST_GROUP_IN`) is
-elementwise work to XLA, and the CPU fusion copied it into every consumer of its output: in a
+"""Forward formulations whose output a convolution keeps (:func:`kept`) when it is
+differentiated (grouped ones and grey-level stems; depthwise ones do not). The shifted sum of
+broadcast products (:data:`BROADCAST_GROUP_IN`) is elementwise work to XLA, and the CPU fusion
+copied it into every consumer of its output: in a
 train step the batch norm's two statistics, its normalisation and its backward pass each
 recomputed the convolution. ResNeXt-50's train step at 64 px (batch 32, AVX2) spent 39-44 ms
 in each of three loop fusions of its 8x8x256 backward pass, where the convolution's own passes
