@@ -541,15 +541,22 @@ def applies(name: str, s: Shape) -> bool:
 class Route:
     """The formulation of each pass of one convolution: the forward pass, the gradient with
     respect to the input and the one with respect to the kernel (each the transpose of its
-    formulation's linear map, so any mix gives the same numbers)."""
+    formulation's linear map, so any mix gives the same numbers), and the forward pass where
+    nothing differentiates it (``inference``; None: ``forward``)."""
 
     forward: str = "xla"
     input_grad: str = "xla"
     kernel_grad: str = "xla"
+    inference: str | None = None
 
     @classmethod
     def all(cls, name: str) -> "Route":
         return cls(name, name, name)
+
+    def passes(self) -> frozenset[str]:
+        """Every formulation the route computes."""
+        return frozenset({self.forward, self.input_grad, self.kernel_grad,
+                          self.inference or self.forward})
 
 
 XLA = Route()
@@ -574,19 +581,20 @@ MNIST), takes its forward pass through im2col. XLA's convolution took 1.2 ms of 
 
 GREY_SUM_TAPS, GREY_SUM_OUT = 25, 20
 """A stride-1 convolution of a grey-level image with at most 25 taps (5x5) onto at most 20
-maps takes its forward pass as the shifted sum of broadcast products (the one-group case of
-:data:`BROADCAST_GROUP_IN`): one elementwise product per tap, each broadcast over the maps,
-all in one loop, its output kept when differentiated (:data:`KEPT_OUTPUT_FORWARDS`). Im2col
-builds 25 one-channel slices and concatenates them along the channel axis, 1.0-1.2 ms for
-LeNet-5's C1 (32x32x1 -> 6, batch 32, AVX-512) against the sum's 0.17-0.18 ms alone.
-In-process A/B of whole networks (2026-12-07, AVX-512, batch 32, images/s, median of 5-7
-windows, before -> after; before is im2col onto 8 maps or fewer, XLA onto more): train steps
-LeNet-5 7,700 -> 9,900 and 7,900 -> 11,200 in two runs, the STN's CNN on 42x42 MNIST 860 ->
-1,300, Caffe's LeNet (20 maps) 3,070 -> 3,380, the what-where autoencoder (16 maps) 2,730 ->
-3,030, LeNet-5 (1998) and the MNIST CNN (16 maps) level; inference LeNet-5 level (19,300 and
-20,100 -> 18,600 and 19,000, within the windows' spread: fused into the max pool's strided
-views, the sum loses most of its speed), LeNet-5 (1998) 12,500 -> 17,400, the MNIST CNN 7,300
--> 11,200, Caffe's LeNet 10,500 -> 12,500, the what-where autoencoder 6,900 -> 10,600. A 7x7
+maps takes its differentiated forward pass as the shifted sum of broadcast products (the
+one-group case of :data:`BROADCAST_GROUP_IN`): one elementwise product per tap, each broadcast
+over the maps, all in one loop, its output kept (:data:`KEPT_OUTPUT_FORWARDS`). Im2col builds
+25 one-channel slices and concatenates them along the channel axis, 1.0-1.2 ms for LeNet-5's
+C1 (32x32x1 -> 6, batch 32, AVX-512) against the sum's 0.17-0.18 ms alone. In-process A/B of
+whole networks (2026-12-07, AVX-512, batch 32, images/s, median of 5-7 windows, before ->
+after; before is im2col onto 8 maps or fewer, XLA onto more): train steps LeNet-5 7,700 ->
+9,900 and 7,900 -> 11,200 in two runs, the STN's CNN on 42x42 MNIST 860 -> 1,300, Caffe's
+LeNet (20 maps) 3,070 -> 3,380, the what-where autoencoder (16 maps) 2,730 -> 3,030, LeNet-5
+(1998) and the MNIST CNN (16 maps) level; inference Caffe's LeNet 10,500 -> 12,500, the
+what-where autoencoder 6,900 -> 10,600, the MNIST CNN 7,300 -> 11,200. Onto
+:data:`GREY_STEM_OUT` maps or fewer the forward pass alone keeps im2col (``Route.inference``):
+LeNet-5's max pool fused the sum into its strided views, where it lost its speed, and
+``train.bench``'s LeNet-5 inference fell from 23,100-26,900 to 18,600-19,600 images/s. A 7x7
 kernel (49 taps, the STN's 28x28 localisation net onto 8 maps) trained 2,000 -> 2,180 but
 inferred 10,500 -> 6,100, so larger kernels keep their route. An earlier shifted sum of one
 matrix product per tap (each contracting one channel) made LeNet-5 slower (0.85x train)."""
@@ -704,8 +712,9 @@ def choose(s: Shape, backend: str) -> Route:
       0.32 ms);
     * the forward pass of a grey-level image at stride 1: with a kernel of at most 5x5 onto
       at most 20 maps (LeNet-5's C1, Caffe's LeNet, the MNIST networks) the shifted sum of
-      broadcast products (:data:`GREY_SUM_TAPS`), with a larger kernel onto a few maps
-      im2col (:data:`GREY_STEM_OUT`).
+      broadcast products where it is differentiated (:data:`GREY_SUM_TAPS`), and where it is
+      not unless it is onto a few maps; otherwise, onto a few maps, im2col
+      (:data:`GREY_STEM_OUT`).
 
     Everything else stays with XLA, compiled by :func:`jit` to XLA's own (Eigen) convolution:
     the stems, the forward pass of strided convolutions onto larger maps, every pass of 3x3
@@ -753,9 +762,10 @@ def choose(s: Shape, backend: str) -> Route:
     if fits and covers and (s.kh > s.out_h or s.kw > s.out_w):
         return Route.all("im2col")
     if s.in_channels == 1 and s.strides == (1, 1):
+        few = s.out_channels <= GREY_STEM_OUT and fits
         if s.taps <= GREY_SUM_TAPS and s.out_channels <= GREY_SUM_OUT:
-            return Route("shifted", "xla", "xla")
-        if s.out_channels <= GREY_STEM_OUT and fits:
+            return Route("shifted", "xla", "xla", "im2col" if few else None)
+        if few:
             return Route("im2col", "xla", "xla")
     if s.in_channels <= 4:  # a stem: XLA is the fastest on its few input channels
         return XLA
@@ -841,17 +851,19 @@ def kept_on_cpu(x: jax.Array) -> jax.Array:
 
 def routed(x: jax.Array, w: jax.Array, s: Shape, route: Route, precision: Any = None,
            keep: bool = False, keep_output: bool = False) -> jax.Array:
-    """``s`` computed forward by ``route.forward``; differentiated (forward or reverse mode)
-    through ``route.input_grad`` and ``route.kernel_grad``. With ``keep`` the convolution's
-    input goes through :func:`kept` when the kernel gradient is wanted, with ``keep_output``
-    its output when it is differentiated (:data:`KEPT_OUTPUT_FORWARDS`)."""
+    """``s`` computed forward by ``route.forward`` (by ``route.inference`` where it is not
+    differentiated); differentiated (forward or reverse mode) through ``route.input_grad`` and
+    ``route.kernel_grad``. With ``keep`` the convolution's input goes through :func:`kept` when
+    the kernel gradient is wanted, with ``keep_output`` its output when it is differentiated
+    (:data:`KEPT_OUTPUT_FORWARDS`)."""
     impl = _IMPLEMENTATIONS
-    if route.forward == route.input_grad == route.kernel_grad and not (keep or keep_output):
-        return impl[route.forward](x, w, s, precision)
+    primal = route.inference or route.forward
+    if len(route.passes()) == 1 and not (keep or keep_output):
+        return impl[primal](x, w, s, precision)
 
     @jax.custom_jvp
     def conv(x, w):
-        return impl[route.forward](x, w, s, precision)
+        return impl[primal](x, w, s, precision)
 
     def jvp(primals, tangents):
         (x, w), (dx, dw) = primals, tangents
@@ -862,7 +874,7 @@ def routed(x: jax.Array, w: jax.Array, s: Shape, route: Route, precision: Any = 
             if keep:
                 x = kept(x)
             terms.append(impl[route.kernel_grad](x, dw, s, precision))
-        y = conv(x, w)
+        y = conv(x, w) if primal == route.forward else impl[route.forward](x, w, s, precision)
         if keep_output:
             y = kept(y)
         if not terms:
