@@ -102,6 +102,54 @@ def test_markdown_shows_ratios_and_what_failed():
     assert "cores, Test CPU, AVX2)" in table
 
 
+def _recorded(arch, size, train, cpu="AMD EPYC, AVX-512", sweep="", isolated=2):
+    """A row as docs/bench_cpu.json records it: the report, and the note of its run."""
+    side = {"train": {"images_per_sec": 100.0, "compile_s": 0.1},
+            "inference": {"images_per_sec": 400.0}}
+    row = {"arch": arch, "image_size": size, "batch_size": 32, "dtype": "float32",
+           "backend": "cpu", "device": "cpu", "cpu": cpu, "jax": "0", "sweep": sweep,
+           "train": {"images_per_sec": train, "compile_s": 1.0},
+           "inference": {"images_per_sec": 400.0}, "torch": {"eager": side},
+           "ratios": {"train_vs_torch_eager": train / 100, "inference_vs_torch_eager": 1.0}}
+    if isolated:
+        row["isolated_rounds"] = isolated
+    return row
+
+
+def test_latest_tables_the_last_isolated_row_of_each_network_and_size(tmp_path, capsys):
+    """README's CPU table: per network and size the row recorded last, from runs that timed
+    each framework in its own processes on the last such row's processor, in the suite's order
+    of networks, each with the day and commit of its run."""
+    rows = [_recorded("resnet18", 32, 90.0, sweep="2026-12-05 05:18, AVX-512 machine, dd178ff"),
+            _recorded("lenet5", 32, 80.0, sweep="2026-12-05 05:18, AVX-512 machine, dd178ff"),
+            _recorded("resnet18", 32, 120.0, sweep="2026-12-06 19:42, AVX-512 machine, 0422d17"),
+            _recorded("resnet18", 32, 150.0, sweep="one process", isolated=0),
+            _recorded("resnet18", 64, 70.0, cpu="AMD EPYC, AVX2", sweep="2026-12-06, 6493c92"),
+            _recorded("lenet5", 32, 110.0, sweep="2026-12-07 05:31, AVX-512 machine, 2db4ac0")]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"rows": rows}))
+    out = tmp_path / "table.md"
+    assert bench.main(["--latest", str(path), "--markdown", str(out)]) == 0
+    table = out.read_text()
+    assert table == capsys.readouterr().out
+    lines = [line for line in table.splitlines() if line.startswith("| `")]
+    assert lines == [
+        "| `lenet5` | 32 | 110 | 400 | 100 | 1.10x | 400 | 1.00x | 1.0 | 0.1 | — | — "
+        "| 2026-12-07, 2db4ac0 |",
+        "| `resnet18` | 32 | 120 | 400 | 100 | 1.20x | 400 | 1.00x | 1.0 | 0.1 | — | — "
+        "| 2026-12-06, 0422d17 |"]
+    assert "AVX-512" in table and "compare their ratios" in table
+
+
+def test_latest_says_what_a_file_lacks(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"rows": [_recorded("lenet5", 32, 80.0, isolated=0)]}))
+    assert bench.main(["--latest", str(path)]) == 2
+    assert "no row timed each framework in its own processes" in capsys.readouterr().err
+    assert bench.main(["--latest", str(tmp_path / "missing.json")]) == 2
+    assert "pass a JSON report written by --output" in capsys.readouterr().err
+
+
 def test_rates_below_ten_keep_a_decimal():
     # VGG-16 trains at 3-4 images/s at 224 px on 2 cores: "3" and "4" would hide a 1.13x.
     assert [bench._fmt(v) for v in (3.42, 12.4, 1234.4, None)] == ["3.4", "12", "1,234", "—"]

@@ -17,7 +17,9 @@ values make a sweep: one row per network and size, written whole to ``--output``
 at 224, bfloat16, batch 256, against ``torch.compile``), ``--suite cpu`` the CPU one (every
 family at 32, 64 and 224 px, float32, batch 32, against PyTorch eager). ``--input-pipeline``
 adds the images/s of the TFDS input pipeline (JPEG decoding, random-resized crop and flip at
-224) on synthetic JPEGs of ImageNet's typical size.
+224) on synthetic JPEGs of ImageNet's typical size. ``--latest FILE`` times nothing: it prints
+the table of the last row of each network and size recorded in ``FILE`` (README's CPU table,
+from docs/bench_cpu.json).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import gc
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -530,10 +533,32 @@ def _ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
+def _run(report: dict[str, Any]) -> str:
+    """The day and commit of the run that wrote ``report``, from the ``sweep`` note a row
+    gets when it is recorded in docs/bench_cpu.json."""
+    note = report.get("sweep", "")
+    day = re.search(r"\d{4}-\d{2}-\d{2}", note)
+    commit = re.search(r"\b[0-9a-f]{7}\b", note)
+    return ", ".join(m.group() for m in (day, commit) if m) or "—"
+
+
+def latest(rows: list[dict[str, Any]], cpu: str | None = None) -> list[dict[str, Any]]:
+    """The last row of each network and size among ``rows`` (in the order they were recorded)
+    that timed both frameworks in processes of their own (``--isolate``) on processor ``cpu``
+    (default: the last such row's), in the CPU suite's order of networks."""
+    isolated = [r for r in rows if r.get("isolated_rounds") and "train" in r and r.get("torch")]
+    cpu = cpu or (isolated[-1].get("cpu") if isolated else None)
+    last = {(r["arch"], r["image_size"]): r for r in isolated if r.get("cpu") == cpu}
+    order = {arch: i for i, arch in enumerate(CPU_SUITE["arch"])}
+    return sorted(last.values(),
+                  key=lambda r: (order.get(r["arch"], len(order)), r["arch"], r["image_size"]))
+
+
 def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None = None,
-             detail: bool = False) -> str:
+             detail: bool = False, runs: bool = False) -> str:
     """The comparison as a Markdown table: images/s of each side and their ratios; ``detail``
-    adds the train step's compile seconds and memory of each side."""
+    adds the train step's compile seconds and memory of each side, ``runs`` the day and
+    commit of the run each row comes from."""
     modes = sorted({m for r in reports for m in r.get("torch", {})},
                    key=("eager", "compile").index)
     policies = sorted({p for r in reports for p in r.get("conv", {})})
@@ -545,6 +570,8 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
     if detail:
         head += ["jaxcnn compile s"] + [f"torch {m} compile s" for m in modes]
         head += ["jaxcnn GiB", "torch GiB"]
+    if runs:
+        head.append("run")
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
     for r in reports:
         if "train" not in r:
@@ -568,6 +595,8 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
                     for m in modes]
             row += [_fmt(r.get("train_step_memory_gib"), 2),
                     _fmt(r.get("torch_peak_memory_gib"), 2)]
+        if runs:
+            row.append(_run(r))
         lines.append("| " + " | ".join(row) + " |")
     first = next((r for r in reports if "train" in r), {})
     lines += ["", f"images/s, batch {first.get('batch_size')}, {first.get('dtype')}, "
@@ -742,6 +771,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run on this many cores only (both frameworks; e.g. 1 on a "
                              "machine busy with other work, where threads that wait for each "
                              "other lose their time slices)")
+    parser.add_argument("--latest", metavar="FILE",
+                        help="time nothing: the table of the last row of each network and size "
+                             "in FILE (a JSON report or docs/bench_cpu.json) that timed each "
+                             "framework in its own processes, on the processor of its last row")
     parser.add_argument("--output", help="also write the JSON report to this file")
     parser.add_argument("--markdown", help="also write the Markdown table to this file")
     args = parser.parse_args(argv)
@@ -751,8 +784,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def print_latest(path: str, markdown_path: str | None = None) -> int:
+    """``--latest``: the table of :func:`latest`'s rows of the JSON report at ``path``."""
+    try:
+        with open(path) as f:
+            rows = latest(json.load(f).get("rows", []))
+    except (OSError, ValueError, AttributeError) as err:
+        print(f"error: --latest {path}: {err}; pass a JSON report written by --output.",
+              file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"error: --latest {path}: no row timed each framework in its own processes "
+              "(--isolate); pass a report of --suite cpu.", file=sys.stderr)
+        return 2
+    table = markdown(rows, detail=True, runs=True) + (
+        f"\nEach row is the last of its network and size in {os.path.basename(path)}; "
+        "rows of different runs ran at different speeds of the host: compare their ratios, "
+        "not their images/s.")
+    print(table)
+    if markdown_path:
+        with open(markdown_path, "w") as f:
+            f.write(table + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.latest:
+        return print_latest(args.latest, args.markdown)
     if args.threads:
         restrict_cores(args.threads)
     if args.compare or args.suite:
