@@ -309,6 +309,21 @@ def _row_taps(x: jax.Array, s: Shape) -> tuple[list[jax.Array], int]:
             for i in range(s.kh) for j in range(s.kw)], wp
 
 
+def _grey_patches(x: jax.Array, s: Shape) -> jax.Array:
+    """im2col's patches of a one-channel image, (N, out_h, out_w, kh * kw), in two levels:
+    each row's ``kw`` taps side by side first, then ``kh`` slices of those rows. A one-channel
+    tap per slice concatenated along the channel axis wrote one number at a time: LeNet-5's
+    C1 (32x32x1, 5x5, batch 32, AVX-512) 1.0-1.2 ms against 0.6-0.7 ms in two levels."""
+    if s.padded:
+        x = jnp.pad(x, [(0, 0), *s.pads, (0, 0)])
+    (sh, sw), (n, h) = s.strides, x.shape[:2]
+    rows = jnp.concatenate([lax.slice(x, (0, 0, j, 0), (n, h, j + (s.out_w - 1) * sw + 1, 1),
+                                      (1, 1, sw, 1)) for j in range(s.kw)], axis=-1)
+    return jnp.concatenate([lax.slice(rows, (0, i, 0, 0),
+                                      (n, i + (s.out_h - 1) * sh + 1, s.out_w, s.kw),
+                                      (1, sh, 1, 1)) for i in range(s.kh)], axis=-1)
+
+
 def xla_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> jax.Array:
     return lax.conv_general_dilated(x, w, s.strides, s.pads, dimension_numbers=NHWC,
                                     feature_group_count=s.groups, precision=precision)
@@ -327,8 +342,11 @@ def im2col_conv(x: jax.Array, w: jax.Array, s: Shape, precision: Any = None) -> 
                     x.reshape(chunks, part.batch, *x.shape[1:]))
         return y.reshape(s.batch, s.out_h, s.out_w, s.out_channels)
     if s.groups == 1:
-        taps = _taps(x, s)
-        patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+        if s.in_channels == 1:
+            patches = _grey_patches(x, s)
+        else:
+            taps = _taps(x, s)
+            patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
         return _matmul(patches, w.reshape(s.taps * s.group_in, s.out_channels), precision)
     # One matrix product per group, the group axis leading (a batched product XLA handles
     # well).
@@ -583,9 +601,10 @@ GREY_SUM_TAPS, GREY_SUM_OUT = 25, 20
 """A stride-1 convolution of a grey-level image with at most 25 taps (5x5) onto at most 20
 maps takes its differentiated forward pass as the shifted sum of broadcast products (the
 one-group case of :data:`BROADCAST_GROUP_IN`): one elementwise product per tap, each broadcast
-over the maps, all in one loop, its output kept (:data:`KEPT_OUTPUT_FORWARDS`). Im2col builds
-25 one-channel slices and concatenates them along the channel axis, 1.0-1.2 ms for LeNet-5's
-C1 (32x32x1 -> 6, batch 32, AVX-512) against the sum's 0.17-0.18 ms alone. In-process A/B of
+over the maps, all in one loop, its output kept (:data:`KEPT_OUTPUT_FORWARDS`). Im2col built
+25 one-channel slices and concatenated them along the channel axis, 1.0-1.2 ms for LeNet-5's
+C1 (32x32x1 -> 6, batch 32, AVX-512; 0.6-0.7 ms since its patches are formed in two levels,
+:func:`_grey_patches`) against the sum's 0.17-0.18 ms alone. In-process A/B of
 whole networks (2026-12-07, AVX-512, batch 32, images/s, median of 5-7 windows, before ->
 after; before is im2col onto 8 maps or fewer, XLA onto more): train steps LeNet-5 7,700 ->
 9,900 and 7,900 -> 11,200 in two runs, the STN's CNN on 42x42 MNIST 860 -> 1,300, Caffe's
@@ -594,7 +613,9 @@ LeNet (20 maps) 3,070 -> 3,380, the what-where autoencoder (16 maps) 2,730 -> 3,
 what-where autoencoder 6,900 -> 10,600, the MNIST CNN 7,300 -> 11,200. Onto
 :data:`GREY_STEM_OUT` maps or fewer the forward pass alone keeps im2col (``Route.inference``):
 LeNet-5's max pool fused the sum into its strided views, where it lost its speed, and
-``train.bench``'s LeNet-5 inference fell from 23,100-26,900 to 18,600-19,600 images/s. A 7x7
+``train.bench``'s LeNet-5 inference fell from 23,100-26,900 to 18,600-19,600 images/s (with
+the two-level patches, in-process A/B: LeNet-5 inference 19,600 -> 27,200, LeNet-5 (1998)
+16,500 -> 17,800, the STN's 7x7 level at 11,100). A 7x7
 kernel (49 taps, the STN's 28x28 localisation net onto 8 maps) trained 2,000 -> 2,180 but
 inferred 10,500 -> 6,100, so larger kernels keep their route. An earlier shifted sum of one
 matrix product per tap (each contracting one channel) made LeNet-5 slower (0.85x train)."""
