@@ -598,27 +598,26 @@ MNIST), takes its forward pass through im2col. XLA's convolution took 1.2 ms of 
 57,000 images/s (2026-12-04, before :data:`GREY_SUM_TAPS`' rule took C1)."""
 
 GREY_SUM_TAPS, GREY_SUM_OUT = 25, 20
-"""A stride-1 convolution of a grey-level image with at most 25 taps (5x5) onto at most 20
-maps takes its differentiated forward pass as the shifted sum of broadcast products (the
-one-group case of :data:`BROADCAST_GROUP_IN`): one elementwise product per tap, each broadcast
-over the maps, all in one loop, its output kept (:data:`KEPT_OUTPUT_FORWARDS`). Im2col built
-25 one-channel slices and concatenated them along the channel axis, 1.0-1.2 ms for LeNet-5's
-C1 (32x32x1 -> 6, batch 32, AVX-512; 0.6-0.7 ms since its patches are formed in two levels,
-:func:`_grey_patches`) against the sum's 0.17-0.18 ms alone. In-process A/B of
-whole networks (2026-12-07, AVX-512, batch 32, images/s, median of 5-7 windows, before ->
-after; before is im2col onto 8 maps or fewer, XLA onto more): train steps LeNet-5 7,700 ->
-9,900 and 7,900 -> 11,200 in two runs, the STN's CNN on 42x42 MNIST 860 -> 1,300, Caffe's
-LeNet (20 maps) 3,070 -> 3,380, the what-where autoencoder (16 maps) 2,730 -> 3,030, LeNet-5
-(1998) and the MNIST CNN (16 maps) level; inference Caffe's LeNet 10,500 -> 12,500, the
-what-where autoencoder 6,900 -> 10,600, the MNIST CNN 7,300 -> 11,200. Onto
-:data:`GREY_STEM_OUT` maps or fewer the forward pass alone keeps im2col (``Route.inference``):
-LeNet-5's max pool fused the sum into its strided views, where it lost its speed, and
-``train.bench``'s LeNet-5 inference fell from 23,100-26,900 to 18,600-19,600 images/s (with
-the two-level patches, in-process A/B: LeNet-5 inference 19,600 -> 27,200, LeNet-5 (1998)
-16,500 -> 17,800, the STN's 7x7 level at 11,100). A 7x7
-kernel (49 taps, the STN's 28x28 localisation net onto 8 maps) trained 2,000 -> 2,180 but
-inferred 10,500 -> 6,100, so larger kernels keep their route. An earlier shifted sum of one
-matrix product per tap (each contracting one channel) made LeNet-5 slower (0.85x train)."""
+"""A stride-1 convolution of a grey-level image with at most 25 taps (5x5) onto at most 20 maps
+takes its differentiated forward pass as the shifted sum of broadcast products (the one-group
+case of :data:`BROADCAST_GROUP_IN`): one elementwise product per tap, each broadcast over the
+maps, all in one loop, its output kept (:data:`KEPT_OUTPUT_FORWARDS`). Im2col built 25
+one-channel slices and concatenated them along the channel axis, 1.0-1.2 ms for LeNet-5's C1
+(32x32x1 -> 6, batch 32, AVX-512; 0.6-0.7 ms since its patches are formed in two levels,
+:func:`_grey_patches`) against the sum's 0.17-0.18 ms alone. In-process A/B of whole networks
+(2026-12-07, AVX-512, batch 32, images/s, median of 5-7 windows, before -> after; before is
+im2col onto 8 maps or fewer, XLA onto more): train steps LeNet-5 7,700 -> 9,900 and 7,900 ->
+11,200 in two runs, the STN's CNN on 42x42 MNIST 860 -> 1,300, Caffe's LeNet (20 maps) 3,070 ->
+3,380, the what-where autoencoder (16 maps) 2,730 -> 3,030, LeNet-5 (1998) and the MNIST CNN (16
+maps) level; inference Caffe's LeNet 10,500 -> 12,500, the what-where autoencoder 6,900 ->
+10,600, the MNIST CNN 7,300 -> 11,200. Onto :data:`GREY_STEM_OUT` maps or fewer the forward pass
+alone keeps im2col (``Route.inference``): LeNet-5's max pool fused the sum into its strided
+views, where it lost its speed, and ``train.bench``'s LeNet-5 inference fell from 23,100-26,900
+to 18,600-19,600 images/s (with the two-level patches, in-process A/B: LeNet-5 inference 19,600
+-> 27,200, LeNet-5 (1998) 16,500 -> 17,800, the STN's 7x7 level at 11,100). A 7x7 kernel (49
+taps, the STN's 28x28 localisation net onto 8 maps) trained 2,000 -> 2,180 but inferred 10,500
+-> 6,100, so larger kernels keep their route. An earlier shifted sum of one matrix product per
+tap (each contracting one channel) made LeNet-5 slower (0.85x train)."""
 
 WIDE_PAD_GRAD_MAP = 16 * 16
 """The input gradient of a stride-1 convolution is a convolution padded by ``k - 1 - pad``:
@@ -733,9 +732,9 @@ def choose(s: Shape, backend: str) -> Route:
       0.32 ms);
     * the forward pass of a grey-level image at stride 1: with a kernel of at most 5x5 onto
       at most 20 maps (LeNet-5's C1, Caffe's LeNet, the MNIST networks) the shifted sum of
-      broadcast products where it is differentiated (:data:`GREY_SUM_TAPS`), and where it is
-      not unless it is onto a few maps; otherwise, onto a few maps, im2col
-      (:data:`GREY_STEM_OUT`).
+      broadcast products (:data:`GREY_SUM_TAPS`), but undifferentiated onto a few maps im2col
+      with its patches in two levels (LeNet-5's inference, whose max pool fused the sum into
+      its strided views); a larger kernel onto a few maps im2col (:data:`GREY_STEM_OUT`).
 
     Everything else stays with XLA, compiled by :func:`jit` to XLA's own (Eigen) convolution:
     the stems, the forward pass of strided convolutions onto larger maps, every pass of 3x3
@@ -823,20 +822,20 @@ and never takes it."""
 
 
 KEPT_OUTPUT_FORWARDS = frozenset({"shifted"})
-"""Forward formulations whose output a convolution keeps (:func:`kept`) when it is
-differentiated (grouped ones and grey-level stems; depthwise ones do not). The shifted sum of
-broadcast products (:data:`BROADCAST_GROUP_IN`) is elementwise work to XLA, and the CPU fusion
-copied it into every consumer of its output: in a
-train step the batch norm's two statistics, its normalisation and its backward pass each
-recomputed the convolution. ResNeXt-50's train step at 64 px (batch 32, AVX2) spent 39-44 ms
-in each of three loop fusions of its 8x8x256 backward pass, where the convolution's own passes
-take 3-4 ms alone; kept, the products are formed once forward and once for the input
-gradient. In-process A/B of train steps (2026-12-06, AVX2, batch 32, images/s, median of 5
-windows; gradients bit-identical at 32 and 64 px): ResNeXt-50 at 32 px 103.8 -> 132.4, at 64
-px 28.6 -> 38.3 (compile 21.2 -> 14.0 s), at 224 px 2.4 -> 3.2 (3 windows; compile 31.1 ->
-23.2 s); SE-ResNeXt-50 at 64 px 31.1 -> 39.6. Inference keeps nothing (one consumer, nothing
-recomputed: ResNeXt-50 level within the noise with it), nor do depthwise convolutions
-(MobileNetV2 and EfficientNet-B0 train steps at 64 px level within the noise with it)."""
+"""Forward formulations whose output a convolution keeps (:func:`kept`) when it is differentiated
+(grouped ones and grey-level stems; depthwise ones do not). The shifted sum of broadcast
+products (:data:`BROADCAST_GROUP_IN`) is elementwise work to XLA, and the CPU fusion copied it
+into every consumer of its output: in a train step the batch norm's two statistics, its
+normalisation and its backward pass each recomputed the convolution. ResNeXt-50's train step at
+64 px (batch 32, AVX2) spent 39-44 ms in each of three loop fusions of its 8x8x256 backward
+pass, where the convolution's own passes take 3-4 ms alone; kept, the products are formed once
+forward and once for the input gradient. In-process A/B of train steps (2026-12-06, AVX2, batch
+32, images/s, median of 5 windows; gradients bit-identical at 32 and 64 px): ResNeXt-50 at 32 px
+103.8 -> 132.4, at 64 px 28.6 -> 38.3 (compile 21.2 -> 14.0 s), at 224 px 2.4 -> 3.2 (3 windows;
+compile 31.1 -> 23.2 s); SE-ResNeXt-50 at 64 px 31.1 -> 39.6. Inference keeps nothing (one
+consumer, nothing recomputed: ResNeXt-50 level within the noise with it), nor do depthwise
+convolutions (MobileNetV2 and EfficientNet-B0 train steps at 64 px level within the noise with
+it)."""
 
 
 def kept(x: jax.Array) -> jax.Array:
