@@ -148,6 +148,11 @@ def test_latest_says_what_a_file_lacks(tmp_path, capsys):
     assert "no row timed each framework in its own processes" in capsys.readouterr().err
     assert bench.main(["--latest", str(tmp_path / "missing.json")]) == 2
     assert "pass a JSON report written by --output" in capsys.readouterr().err
+    nameless = _recorded("lenet5", 32, 80.0)
+    del nameless["arch"]
+    path.write_text(json.dumps({"rows": [nameless]}))
+    assert bench.main(["--latest", str(path)]) == 2
+    assert "a row lacks the field 'arch'" in capsys.readouterr().err
 
 
 def test_rates_below_ten_keep_a_decimal():

@@ -371,16 +371,21 @@ def test_batch_chunks_bound_each_slice_of_patches(monkeypatch):
     assert s.batch_chunks is None
 
 
-def _arrays_in(jaxpr):
-    """Every variable of ``jaxpr`` and of the programs inside it (loops, remat, custom
-    rules), as avals."""
+def _equations(jaxpr):
+    """Every equation of ``jaxpr`` and of the programs inside it (loops, remat, custom
+    rules)."""
     for eqn in jaxpr.eqns:
-        yield from (v.aval for v in eqn.outvars)
+        yield eqn
         for p in eqn.params.values():
             for sub in p if isinstance(p, (tuple, list)) else (p,):
                 inner = getattr(sub, "jaxpr", sub)
                 if hasattr(inner, "eqns"):
-                    yield from _arrays_in(inner)
+                    yield from _equations(inner)
+
+
+def _arrays_in(jaxpr):
+    """Every variable of ``jaxpr`` and of the programs inside it, as avals."""
+    return (v.aval for eqn in _equations(jaxpr) for v in eqn.outvars)
 
 
 @pytest.mark.parametrize("case", ["3x3 s2 pad on 7x7", "grouped 3x3", "7x7 s2 stem"])
@@ -505,17 +510,6 @@ def test_kernel_gradients_transpose_a_kept_input(case, monkeypatch):
                 if " transpose(" in c and " maximum(" in c]
 
 
-def _primitives(jaxpr):
-    """The name of every primitive of ``jaxpr`` and of the programs inside it."""
-    for eqn in jaxpr.eqns:
-        yield eqn.primitive.name
-        for p in eqn.params.values():
-            for sub in p if isinstance(p, (tuple, list)) else (p,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    yield from _primitives(inner)
-
-
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU route")
 def test_a_grey_stem_infers_through_im2col_and_trains_through_the_shifted_sum():
     """LeNet-5's C1 (a grey-level 5x5 onto 6 maps): the forward pass alone is im2col (its
@@ -531,8 +525,9 @@ def test_a_grey_stem_infers_through_im2col_and_trains_through_the_shifted_sum():
     def loss(f):
         return lambda w: jnp.sum(jnp.sin(f(x, w)))
 
-    forward = list(_primitives(jax.make_jaxpr(ours)(x, w).jaxpr))
-    trained = list(_primitives(jax.make_jaxpr(jax.grad(loss(ours)))(w).jaxpr))
+    forward = [e.primitive.name for e in _equations(jax.make_jaxpr(ours)(x, w).jaxpr)]
+    trained = [e.primitive.name
+               for e in _equations(jax.make_jaxpr(jax.grad(loss(ours)))(w).jaxpr)]
     assert "concatenate" in forward and "conv_general_dilated" not in forward
     assert "concatenate" not in trained
     reference = functools.partial(_reference, strides=(1, 1), padding="VALID", groups=1)

@@ -542,12 +542,12 @@ def _run(report: dict[str, Any]) -> str:
     return ", ".join(m.group() for m in (day, commit) if m) or "—"
 
 
-def latest(rows: list[dict[str, Any]], cpu: str | None = None) -> list[dict[str, Any]]:
+def latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The last row of each network and size among ``rows`` (in the order they were recorded)
-    that timed both frameworks in processes of their own (``--isolate``) on processor ``cpu``
-    (default: the last such row's), in the CPU suite's order of networks."""
+    that timed both frameworks in processes of their own (``--isolate``) on the processor of
+    the last such row, in the CPU suite's order of networks."""
     isolated = [r for r in rows if r.get("isolated_rounds") and "train" in r and r.get("torch")]
-    cpu = cpu or (isolated[-1].get("cpu") if isolated else None)
+    cpu = isolated[-1].get("cpu") if isolated else None
     last = {(r["arch"], r["image_size"]): r for r in isolated if r.get("cpu") == cpu}
     order = {arch: i for i, arch in enumerate(CPU_SUITE["arch"])}
     return sorted(last.values(),
@@ -784,27 +784,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def emit_table(table: str, markdown_path: str | None) -> None:
+    """Prints a Markdown table and writes it to ``markdown_path`` when one is given."""
+    print(table)
+    if markdown_path:
+        with open(markdown_path, "w") as f:
+            f.write(table + "\n")
+
+
 def print_latest(path: str, markdown_path: str | None = None) -> int:
     """``--latest``: the table of :func:`latest`'s rows of the JSON report at ``path``."""
     try:
         with open(path) as f:
             rows = latest(json.load(f).get("rows", []))
-    except (OSError, ValueError, AttributeError) as err:
+        table = markdown(rows, detail=True, runs=True) if rows else None
+    except KeyError as err:
+        print(f"error: --latest {path}: a row lacks the field {err}; pass a JSON report "
+              "written by --output.", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, AttributeError, TypeError) as err:
         print(f"error: --latest {path}: {err}; pass a JSON report written by --output.",
               file=sys.stderr)
         return 2
-    if not rows:
+    if table is None:
         print(f"error: --latest {path}: no row timed each framework in its own processes "
               "(--isolate); pass a report of --suite cpu.", file=sys.stderr)
         return 2
-    table = markdown(rows, detail=True, runs=True) + (
-        f"\nEach row is the last of its network and size in {os.path.basename(path)}; "
-        "rows of different runs ran at different speeds of the host: compare their ratios, "
-        "not their images/s.")
-    print(table)
-    if markdown_path:
-        with open(markdown_path, "w") as f:
-            f.write(table + "\n")
+    emit_table(table + f"\nEach row is the last of its network and size in "
+               f"{os.path.basename(path)}; rows of different runs ran at different speeds of "
+               "the host: compare their ratios, not their images/s.", markdown_path)
     return 0
 
 
@@ -866,13 +874,11 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     table = markdown(reports, pipeline=pipeline, detail=bool(args.suite)) if (
         args.compare or args.conv_policies or len(reports) > 1 or pipeline) else None
-    if table:
-        print("\n" + table)
     if args.output:
         write_json_atomic(args.output, result)
-    if args.markdown and table:
-        with open(args.markdown, "w") as f:
-            f.write(table + "\n")
+    if table:
+        print()
+        emit_table(table, args.markdown)
     return 0
 
 
