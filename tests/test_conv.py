@@ -343,6 +343,18 @@ def test_the_cpu_routes_avoid_the_slow_passes_the_survey_found(case):
     assert conv.choose(s, "cpu") == want
 
 
+def test_split_leaves_depthwise_convolutions_alone():
+    """One convolution per group is a formulation of ResNeXt's few wide groups, not of a
+    depthwise convolution: for EfficientNet-B7's 3840 channels it was 3840 convolutions, which
+    the survey compiled for over two minutes before the process ran out of memory mappings."""
+    def shape(channels, groups):
+        return conv.Shape((32, 7, 7, channels), (3, 3, channels // groups, channels), (1, 1),
+                          ((1, 1), (1, 1)), groups)
+
+    assert not conv.applies("split", shape(3840, 3840))
+    assert conv.applies("split", shape(1024, 32))
+
+
 def test_cpuinfo_gives_the_model_and_the_flags(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f\n\n"
