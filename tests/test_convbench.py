@@ -1,6 +1,7 @@
 """The convolution survey: shapes collected from the networks, classed, timed, summarised."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -68,3 +69,19 @@ def test_the_summary_lists_routed_passes_slower_than_xla_on_the_surveyed_machine
 
     rows[0] = _row(one, {"xla": 2.0, "im2col": 1.0, "shifted": 3.0})
     assert convbench.summarise(rows)["routed_slower"] == []
+
+
+def test_resuming_one_class_keeps_the_others_in_the_survey(tmp_path, capsys):
+    # Both of LeNet-5's convolutions already timed (made-up figures); a resumed run of one
+    # class has nothing to time and must not drop the other class's row from --output.
+    found = convbench.collect(["lenet5"], [32], batch=32)
+    survey = tmp_path / "conv.json"
+    survey.write_text(json.dumps({
+        "collected": [[dataclasses.asdict(k), nets] for k, nets in found.items()],
+        "shapes": [_row(k, {"xla": 1.0, "im2col": 2.0}) for k in found]}))
+    args = ["--arch", "lenet5", "--sizes", "32", "--resume", "--class", "stem",
+            "--output", str(survey)]
+    assert convbench.main(args) == 0
+    kept = json.loads(survey.read_text())["shapes"]
+    assert sorted(r["class"] for r in kept) == ["5x5 9-16 s1 valid", "stem 5x5 17-32 s1 valid"]
+    assert "5x5 9-16 s1 valid" in capsys.readouterr().out

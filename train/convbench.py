@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="write every measurement and the summary as JSON "
                                          "(after each shape)")
     parser.add_argument("--resume", action="store_true",
-                        help="reuse the shapes and timings already in --output")
+                        help="reuse the shapes and timings already in --output (those outside "
+                             "--class are kept)")
     parser.add_argument("--summary-only", action="store_true",
                         help="time nothing: summarise the shapes already in --output with "
                              "today's routing")
@@ -386,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         keys = [k for k in keys if any(word in shape_class(k) for word in args.only)]
     done = {json.dumps(r["shape"], sort_keys=True): r for r in previous.get("shapes", [])}
+    # Shapes resumed from --output that this run does not time (another --class) stay in it.
+    chosen = {json.dumps(dataclasses.asdict(k), sort_keys=True) for k in keys}
+    others = [r for name, r in done.items() if name not in chosen]
     report = {"jax": jax.__version__, "backend": jax.default_backend(),
               "device": jax.devices()[0].device_kind, "cpu": cpu_description(),
               "cpu_count": os.cpu_count(),
@@ -399,11 +403,11 @@ def main(argv: list[str] | None = None) -> int:
             row["networks"] = sorted(set(found[key]))
         rows.append(row)
         if args.output:
-            _write(args.output, {**report, "shapes": rows})
-    summary = summarise(rows)
+            _write(args.output, {**report, "shapes": rows + others})
+    summary = summarise(rows + others)
     print(format_table(summary))
     if args.output:
-        _write(args.output, {**report, "summary": summary, "shapes": rows})
+        _write(args.output, {**report, "summary": summary, "shapes": rows + others})
     return 0
 
 
