@@ -589,7 +589,11 @@ routes build them where they fit, and :func:`im2col_conv` takes a larger batch i
 SMALL_STRIDED_MAP = 16 * 16
 """Strided convolutions onto output maps of at most this many pixels go through im2col: its
 patches are then small (about taps / stride^2 times the input) and XLA's strided convolution
-runs at a third to a half of its usual throughput there, its input gradient at 1/300 on some."""
+ran at a third to a half of its usual throughput there through YNNPACK (2026-12-02), its input
+gradient at 1/300 on some. With XLA's own kernel (:func:`jit`) the forward pass and kernel
+gradient are as fast alone or faster (2026-12-07 survey: AllCNN-C's 32x32x96, forward 6.6
+against 12.9 ms), but whole steps with them were level (ResNet-18, ResNet-50) or slower
+(AllCNN-C's inference 275 -> 231 images/s), so the rule stays (docs/conv_cpu.md)."""
 
 
 GREY_STEM_OUT = 8
