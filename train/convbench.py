@@ -314,11 +314,9 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write(path: str, report: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, path)
+def _shape_id(shape: dict[str, Any]) -> str:
+    """A survey row's shape (a :class:`ConvKey` as a dict) as a key that JSON round-trips."""
+    return json.dumps(shape, sort_keys=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tqdm import tqdm
 
+    from train.checkpoints import write_json_atomic
+
     # A run that stops (or is stopped) keeps what it measured: --resume reads the shapes and
     # the timings back from --output and times only what is missing.
     previous = {}
@@ -386,9 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     keys = sample(found, args.per_class, args.batch_size)
     if args.only:
         keys = [k for k in keys if any(word in shape_class(k) for word in args.only)]
-    done = {json.dumps(r["shape"], sort_keys=True): r for r in previous.get("shapes", [])}
+    done = {_shape_id(r["shape"]): r for r in previous.get("shapes", [])}
     # Shapes resumed from --output that this run does not time (another --class) stay in it.
-    chosen = {json.dumps(dataclasses.asdict(k), sort_keys=True) for k in keys}
+    chosen = {_shape_id(dataclasses.asdict(k)) for k in keys}
     others = [r for name, r in done.items() if name not in chosen]
     report = {"jax": jax.__version__, "backend": jax.default_backend(),
               "device": jax.devices()[0].device_kind, "cpu": cpu_description(),
@@ -397,17 +397,17 @@ def main(argv: list[str] | None = None) -> int:
               "collected": [[dataclasses.asdict(k), nets] for k, nets in found.items()]}
     rows = []
     for key in tqdm(keys, desc="timing shapes"):
-        row = done.get(json.dumps(dataclasses.asdict(key), sort_keys=True))
+        row = done.get(_shape_id(dataclasses.asdict(key)))
         if row is None:
             row = time_shape(key, args.batch_size, args.rounds)
             row["networks"] = sorted(set(found[key]))
         rows.append(row)
         if args.output:
-            _write(args.output, {**report, "shapes": rows + others})
+            write_json_atomic(args.output, {**report, "shapes": rows + others})
     summary = summarise(rows + others)
     print(format_table(summary))
     if args.output:
-        _write(args.output, {**report, "summary": summary, "shapes": rows + others})
+        write_json_atomic(args.output, {**report, "summary": summary, "shapes": rows + others})
     return 0
 
 
