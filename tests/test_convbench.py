@@ -35,6 +35,9 @@ def test_summary_only_without_a_survey_says_what_to_run(tmp_path, capsys):
         other.write_text(text)
         assert convbench.main(["--summary-only", "--output", str(other)]) == 2
         assert "is not a survey written by python -m train.convbench" in capsys.readouterr().err
+        # --resume reads --output the same way (it raised a JSONDecodeError traceback).
+        assert convbench.main(["--arch", "lenet5", "--resume", "--output", str(other)]) == 2
+        assert "is not a survey written by python -m train.convbench" in capsys.readouterr().err
 
 
 def _row(key, ms):

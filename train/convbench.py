@@ -319,6 +319,21 @@ def _shape_id(shape: dict[str, Any]) -> str:
     return json.dumps(shape, sort_keys=True)
 
 
+def _read_survey(path: str) -> dict[str, Any] | None:
+    """The survey that ``--output`` wrote to ``path``, or None after saying on stderr why the
+    file is not one (for --summary-only and --resume alike)."""
+    try:
+        with open(path) as f:
+            survey = json.load(f)
+        survey["shapes"]
+    except (ValueError, KeyError, TypeError) as err:
+        print(f"error: {path} is not a survey written by python -m train.convbench "
+              f"--output ({type(err).__name__}: {err}); run the survey with --output, or "
+              "pass the JSON it wrote.", file=sys.stderr)
+        return None
+    return survey
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.convbench",
@@ -349,14 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --summary-only reads the survey in --output; {args.output!r} "
                   "does not exist (run the survey with --output first).", file=sys.stderr)
             return 2
-        try:
-            with open(args.output) as f:
-                survey = json.load(f)
-            survey["shapes"]
-        except (ValueError, KeyError, TypeError) as err:
-            print(f"error: {args.output} is not a survey written by python -m train.convbench "
-                  f"--output ({type(err).__name__}: {err}); run the survey with --output, or "
-                  "pass the JSON it wrote.", file=sys.stderr)
+        survey = _read_survey(args.output)
+        if survey is None:
             return 2
         print(f"Surveyed on {survey.get('cpu', 'an unnamed CPU')}, {survey.get('cpu_count')} "
               f"cores, jax {survey.get('jax')}: {len(survey['shapes'])} shapes.\n")
@@ -376,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     # the timings back from --output and times only what is missing.
     previous = {}
     if args.resume and args.output and os.path.exists(args.output):
-        with open(args.output) as f:
-            previous = json.load(f)
+        previous = _read_survey(args.output)
+        if previous is None:
+            return 2
     if previous.get("collected"):
         found = {ConvKey.from_dict(k): nets for k, nets in previous["collected"]}
     else:
