@@ -177,6 +177,29 @@ def jit(fun: Callable[..., Any], *, inference: bool = False, **kwargs: Any) -> A
     return jax.jit(fun, compiler_options=compiler_options(inference), **kwargs)
 
 
+def deferred_jit(fun: Callable[..., Any] | None = None, *, inference: bool = False,
+                 **kwargs: Any) -> Any:
+    """:func:`jit` for functions defined at import (a decorator, with or without arguments:
+    ``@deferred_jit(static_argnames=...)``): :func:`compiler_options` is read at each call,
+    when the backend is known and under the :func:`policy` of the call, and one ``jax.jit``
+    is kept for each set of options (on the CPU, ``policy("xla")`` compiles with XLA's
+    defaults)."""
+    if fun is None:
+        return functools.partial(deferred_jit, inference=inference, **kwargs)
+    programs: dict[tuple[tuple[str, str], ...], Any] = {}
+
+    @functools.wraps(fun)
+    def call(*args: Any, **call_kwargs: Any) -> Any:
+        options = compiler_options(inference)
+        key = tuple(sorted(options.items())) if options else ()
+        if key not in programs:
+            programs[key] = jax.jit(fun, compiler_options=options, **kwargs)
+        return programs[key](*args, **call_kwargs)
+
+    call.programs = programs  # type: ignore[attr-defined]  -- the jax.jit of each set of options
+    return call
+
+
 def pmap(fun: Callable[..., Any], *, inference: bool = False,
          **kwargs: Any) -> Callable[..., Any]:
     """``jax.pmap(fun, **kwargs)`` compiled with :func:`compiler_options` (``inference`` as

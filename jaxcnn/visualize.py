@@ -359,7 +359,7 @@ def quadrature(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     return (np.arange(n) + offset) / n, np.full(n, 1.0 / n)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "plan"))
+@conv.deferred_jit(static_argnames=("model", "plan"))
 def _explain(model: nn.Module, plan: _Plan, variables: Any, x: jax.Array,
              t: dict[str, jax.Array], baseline: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
     unit_layers = (plan.unit[0],) if plan.unit else ()
@@ -617,8 +617,8 @@ def occlusion_maps(model: nn.Module, variables: Any, x: Any, labels: Any, *, win
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-@functools.partial(jax.jit, static_argnames=("model", "window", "stride", "layer",
-                                             "batch_size"))
+@conv.deferred_jit(inference=True, static_argnames=("model", "window", "stride", "layer",
+                                                     "batch_size"))
 def _occlusion_maps(model, variables, x, labels, baseline, *, window, stride, layer, batch_size):
     layers = (layer,) if layer else ()
     strongest = None
@@ -675,7 +675,7 @@ def receptive_fields(model: nn.Module, variables: Any, image_shape: Sequence[int
     return np.concatenate(boxes)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "unit"))
+@conv.deferred_jit(static_argnames=("model", "unit"))
 def _support(model, variables, x, t, unit):
     def total(images):
         logits, acts = _run(model, variables, images, (unit[0],))
@@ -711,7 +711,7 @@ class TopActivations:
     images: np.ndarray  # (C, k, H, W, channels)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "layer"))
+@conv.deferred_jit(inference=True, static_argnames=("model", "layer"))
 def _strongest(model, variables, x, channels, *, layer):
     a = _wide(_run(model, variables, x, (layer,))[1][layer])[..., channels]
     if a.ndim == 2:

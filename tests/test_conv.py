@@ -233,6 +233,36 @@ def test_pmap_compiles_with_the_same_options_as_jit():
     assert len(ours.programs) == 2
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_deferred_jit_reads_the_options_at_each_call():
+    """A function decorated at import (jaxcnn.visualize's) compiles like conv.jit's: the
+    3x3 onto 64 channels leaves YNNPACK, under policy("xla") it is a program of its own with
+    XLA's defaults, static arguments still work, and the numbers are jax.jit's."""
+    if not conv._accepts_cpu_options():
+        pytest.skip("this jaxlib has no xla_cpu_experimental_ynn_fusion_type")
+    x, w = _arrays((4, 16, 16, 64), (3, 3, 64, 64))
+
+    @conv.deferred_jit(static_argnames=("scale",))
+    def f(x, w, scale):
+        return scale * lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=conv.NHWC)
+
+    def to_ynnpack(program):
+        return any("__ynn_fusion" in line and "conv_general_dilated" in line
+                   for line in program.lower(x, w, scale=2.0).compile().as_text().splitlines())
+
+    if not to_ynnpack(jax.jit(f.__wrapped__, static_argnames=("scale",))):
+        pytest.skip("this XLA keeps the convolution by default: nothing to change")
+    want = 2.0 * lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=conv.NHWC)
+    np.testing.assert_allclose(f(x, w, scale=2.0), want, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(want))))
+    with conv.policy("xla"):
+        f(x, w, scale=2.0)
+    options = tuple(sorted(conv.CPU_COMPILER_OPTIONS.items()))
+    assert set(f.programs) == {options, ()}
+    assert not to_ynnpack(f.programs[options])
+    assert to_ynnpack(f.programs[()])
+
+
 # The slowest passes of XLA's CPU convolution found by the quiet survey (docs/conv_cpu.md,
 # GFLOP/s at batch 32: XLA -> the routed formulation), each with the route that avoids it.
 SLOW_ON_CPU = {

@@ -419,6 +419,21 @@ def test_command_line_draws_and_saves(converted, tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
 
 
+def test_command_line_explains_the_predicted_class(converted, lenet, tmp_path):
+    """``--target predicted``: each image's attribution is for the class the network ranks
+    first (its logits computed here by ``model.apply``)."""
+    from train import visualize as cli
+
+    model, variables, x = lenet
+    weights, images = converted
+    out = tmp_path / "out"
+    assert cli.main(["--arch", "lenet5", "--weights", weights, "--images",
+                     str(images / "good.npy"), "--out", str(out), "--method", "saliency",
+                     "--target", "predicted", "--no-progress"]) == 0
+    want = np.argmax(model.apply(variables, x, train=False), axis=-1)
+    np.testing.assert_array_equal(np.load(out / "saliency_targets.npy"), want)
+
+
 @pytest.mark.slow
 def test_command_line_on_a_training_run(tmp_path):
     from train import train as train_lib

@@ -224,6 +224,7 @@ def draw_transformed(path: str, distortions: Sequence[str], outcomes: Sequence[O
     import jax
     import numpy as np
 
+    from jaxcnn import conv
     from jaxcnn.stn import affine_grid, bilinear_sample
     from train import checkpoints as checkpoints_lib
     from train import input_pipeline
@@ -246,8 +247,9 @@ def draw_transformed(path: str, distortions: Sequence[str], outcomes: Sequence[O
         images = batch["image"]
         model = build_model(config)
         variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats") and v}
-        _, sown = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(
-            variables, images)
+        sow = conv.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]),
+                       inference=True)
+        _, sown = sow(variables, images)
         theta = sown["intermediates"]["stn"]["theta"][0]
         out = bilinear_sample(images, affine_grid(theta, images.shape))
         name = DISTORTION_NAMES[d]
@@ -325,6 +327,7 @@ def stn_speed(args: argparse.Namespace) -> dict[str, Any]:
     import optax
 
     import jaxcnn
+    from jaxcnn import conv
     from jaxcnn.stn import affine_grid, bilinear_sample
 
     def rate(fn, *inputs, batch: int) -> float:
@@ -351,7 +354,7 @@ def stn_speed(args: argparse.Namespace) -> dict[str, Any]:
                 logits = model.apply({"params": params}, x, train=True)
                 return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-            row[arch] = rate(jax.jit(jax.grad(loss)), params, x, batch=batch)
+            row[arch] = rate(conv.jit(jax.grad(loss)), params, x, batch=batch)
         rng = np.random.default_rng(0)
         theta = jnp.asarray(np.eye(2, 3)[None] + 0.1 * rng.standard_normal((batch, 2, 3)),
                             jnp.float32)

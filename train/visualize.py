@@ -216,10 +216,11 @@ def resolve_target(target: Any, subject: Subject, images: np.ndarray,
                               "use --target predicted or a class index.")
         return labels
     if target == "predicted":
-        import jax
+        from jaxcnn import conv
 
-        return np.asarray(jax.jit(lambda v, x: subject.model.apply(v, x, train=False).argmax(-1))(
-            subject.variables, images))
+        predict = conv.jit(lambda v, x: subject.model.apply(v, x, train=False).argmax(-1),
+                           inference=True)
+        return np.asarray(predict(subject.variables, images))
     return target
 
 
