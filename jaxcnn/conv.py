@@ -662,6 +662,25 @@ steps (2026-12-04): LeNet-5 15,600 -> 19,800 images/s (with :data:`GREY_STEM_OUT
 GoogLeNet at 32 and 64 px, AlexNet at 63 px and Caffe's LeNet unchanged."""
 
 
+STEM_IN = 4
+"""A convolution of at most this many input channels is a stem: it reads the image (grey
+levels or colours), and its few multiply-adds an output value (27 for a 3x3 on colours) make
+it memory-bound in every formulation. Its forward pass and kernel gradient stay with XLA (the
+fastest, or level, on every stem of the 2026-12-07 survey but the grey-level ones below).
+
+Its input gradient at stride 1 takes im2col: a convolution onto 1-3 channels, which XLA runs at
+5-20 GFLOP/s, where im2col's transpose is one matrix product onto the patches' few columns and
+the sum of their shifted slices (survey of 2026-12-07, AVX-512, batch 32, ms, XLA -> im2col:
+VGG's and the CIFAR ResNets' 32x32x3 -> 64 6.0 -> 1.1, VGG's 64x64x3 -> 64 21.9 -> 4.6 and
+224x224x3 -> 64 289 -> 65, Network-in-Network's 5x5 32x32x3 -> 192 47.1 -> 7.3, LeNet-5's C1
+2.7 -> 0.4, the STN's 7x7 on 28x28 MNIST 1.5 -> 0.5; level on one, 28x28x1 -> 16 5x5 padded by
+2, 1.15 -> 1.24). Training never computes it; the attributions of :mod:`jaxcnn.visualize`
+(gradient, SmoothGrad, integrated gradients, deconvnet, guided backpropagation) and
+adversarial examples do. Strided stems keep XLA's input gradient, level with im2col's or
+faster (ResNet's 7x7 at 224 px 182 against 159 ms, AlexNet's 11x11 at stride 4 93 against
+263)."""
+
+
 def read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str | None, frozenset[str]]:
     """The first processor's model name and feature flags (x86 ``flags``, Arm ``Features``)
     from ``path``; ``(None, frozenset())`` where there is no such file (macOS, Windows)."""
@@ -763,14 +782,16 @@ def choose(s: Shape, backend: str) -> Route:
       at most 20 maps (LeNet-5's C1, Caffe's LeNet, the MNIST networks) the shifted sum of
       broadcast products (:data:`GREY_SUM_TAPS`), but undifferentiated onto a few maps im2col
       with its patches in two levels (LeNet-5's inference, whose max pool fused the sum into
-      its strided views); a larger kernel onto a few maps im2col (:data:`GREY_STEM_OUT`).
+      its strided views); a larger kernel onto a few maps im2col (:data:`GREY_STEM_OUT`);
+    * the input gradient of stems (:data:`STEM_IN`) at stride 1, which only attributions
+      compute: im2col (VGG's 224x224x3 -> 64 289 -> 65 ms).
 
     Everything else stays with XLA, compiled by :func:`jit` to XLA's own (Eigen) convolution:
-    the stems, the forward pass of strided convolutions onto larger maps, every pass of 3x3
-    and larger kernels at stride 1, and every kernel gradient but the ones above. Before
-    :data:`CPU_COMPILER_OPTIONS`, with YNNPACK's convolution, three more kernel gradients
-    took im2col (onto maps of 56x56 and more, of the stems, and without AVX-512 of dense
-    convolutions onto 64 channels or more); Eigen's beats im2col's on all of them (batch 32:
+    the stems' other passes, the forward pass of strided convolutions onto larger maps,
+    every pass of 3x3 and larger kernels at stride 1, and every kernel gradient but the ones
+    above. Before :data:`CPU_COMPILER_OPTIONS`, with YNNPACK's convolution, three more
+    kernel gradients took im2col (onto maps of 56x56 and more, of the stems, and without
+    AVX-512 of dense convolutions onto 64 channels or more); Eigen's beats im2col's on all of them (batch 32:
     VGG-16's 56x56x256 725 against 1,018 ms, ResNet's 7x7 stem at 224 px 81 against 198,
     GoogLeNet's 16x16x64 -> 192 12 against 17) and whole steps got faster without them
     (in-process A/B: ResNet-18 at 224 px 9.4 -> 10.6 images/s, ResNet-50 4.4 -> 4.6,
@@ -810,13 +831,15 @@ def choose(s: Shape, backend: str) -> Route:
     covers = s.kh >= s.out_h and s.kw >= s.out_w
     if fits and covers and (s.kh > s.out_h or s.kw > s.out_w):
         return Route.all("im2col")
-    if s.in_channels == 1 and s.strides == (1, 1):
-        few = s.out_channels <= GREY_STEM_OUT and fits
-        if s.taps <= GREY_SUM_TAPS and s.out_channels <= GREY_SUM_OUT:
-            return Route("shifted", "xla", "xla", "im2col" if few else None)
-        if few:
-            return Route("im2col", "xla", "xla")
-    if s.in_channels <= 4:  # a stem: XLA is the fastest on its few input channels
+    if s.in_channels <= STEM_IN and s.strides == (1, 1):
+        if s.in_channels == 1:
+            few = s.out_channels <= GREY_STEM_OUT and fits
+            if s.taps <= GREY_SUM_TAPS and s.out_channels <= GREY_SUM_OUT:
+                return Route("shifted", "im2col", "xla", "im2col" if few else None)
+            if few:
+                return Route("im2col", "im2col", "xla")
+        return Route("xla", "im2col", "xla")  # STEM_INPUT_GRAD
+    if s.in_channels <= STEM_IN:  # a strided stem: XLA is the fastest on its few channels
         return XLA
     if fits and max(s.strides) > 1:
         return (Route.all("im2col") if s.out_h * s.out_w <= SMALL_STRIDED_MAP

@@ -352,16 +352,25 @@ SLOW_ON_CPU = {
     "unpadded 3x3 on 8x8": ((32, 8, 8, 64), (3, 3, 64, 64), (1, 1), "VALID", 1,
                             conv.Route("xla", "im2col", "xla")),
     "LeNet-5's C1": ((32, 32, 32, 1), (5, 5, 1, 6), (1, 1), "VALID", 1,
-                     conv.Route("shifted", "xla", "xla", "im2col")),
+                     conv.Route("shifted", "im2col", "xla", "im2col")),
     "grey stem onto 20": ((32, 28, 28, 1), (5, 5, 1, 20), (1, 1), "VALID", 1,
-                          conv.Route("shifted", "xla", "xla")),
+                          conv.Route("shifted", "im2col", "xla")),
     # A 7x7 grey stem fused its 49-tap sum into the max pool after it and inferred slower
     # (the STN's localisation net on 28x28 MNIST: 10,500 -> 6,100 images/s), so it keeps
     # im2col; a grey stem onto more maps stays with XLA, as does a 5x5 onto larger maps
     # (28x28x32 -> 64: XLA 7.0 ms, im2col 12.2).
     "7x7 grey stem": ((32, 28, 28, 1), (7, 7, 1, 8), (1, 1), "VALID", 1,
-                      conv.Route("im2col", "xla", "xla")),
-    "grey stem onto 32": ((32, 28, 28, 1), (5, 5, 1, 32), (1, 1), "VALID", 1, conv.XLA),
+                      conv.Route("im2col", "im2col", "xla")),
+    "grey stem onto 32": ((32, 28, 28, 1), (5, 5, 1, 32), (1, 1), "VALID", 1,
+                          conv.Route("xla", "im2col", "xla")),
+    # The input gradient of a stem at stride 1 (attributions compute it; training does not):
+    # a convolution onto the image's 1-3 channels, XLA 5-20 GFLOP/s, im2col (survey of
+    # 2026-12-07, batch 32, ms) VGG's 224x224x3 -> 64 289 -> 65, NiN's 5x5 32x32x3 -> 192
+    # 47.1 -> 7.3. Strided stems keep XLA's (above).
+    "VGG's colour stem": ((32, 224, 224, 3), (3, 3, 3, 64), (1, 1), ((1, 1), (1, 1)), 1,
+                          conv.Route("xla", "im2col", "xla")),
+    "NiN's 5x5 colour stem": ((32, 32, 32, 3), (5, 5, 3, 192), (1, 1), ((2, 2), (2, 2)), 1,
+                              conv.Route("xla", "im2col", "xla")),
     "unpadded 5x5 on 28x28": ((32, 28, 28, 32), (5, 5, 32, 64), (1, 1), "VALID", 1, conv.XLA),
 }
 
