@@ -674,11 +674,13 @@ the sum of their shifted slices (survey of 2026-12-07, AVX-512, batch 32, ms, XL
 VGG's and the CIFAR ResNets' 32x32x3 -> 64 6.0 -> 1.1, VGG's 64x64x3 -> 64 21.9 -> 4.6 and
 224x224x3 -> 64 289 -> 65, Network-in-Network's 5x5 32x32x3 -> 192 47.1 -> 7.3, LeNet-5's C1
 2.7 -> 0.4, the STN's 7x7 on 28x28 MNIST 1.5 -> 0.5; level on one, 28x28x1 -> 16 5x5 padded by
-2, 1.15 -> 1.24). Training never computes it; the attributions of :mod:`jaxcnn.visualize`
-(gradient, SmoothGrad, integrated gradients, deconvnet, guided backpropagation) and
-adversarial examples do. Strided stems keep XLA's input gradient, level with im2col's or
-faster (ResNet's 7x7 at 224 px 182 against 159 ms, AlexNet's 11x11 at stride 4 93 against
-263)."""
+2, 1.15 -> 1.24). Training computes it only where the image is itself computed: the
+ST-CNN's classifier reads the transformer's output (its train step on 42x42 MNIST, in-process
+A/B, 2,048 -> 2,409 images/s). The attributions of :mod:`jaxcnn.visualize` (gradient,
+SmoothGrad, integrated gradients, deconvnet, guided backpropagation) and adversarial examples
+compute it (LeNet-5's SmoothGrad 336 -> 448 images/s). Strided stems keep XLA's input
+gradient, level with im2col's or faster (ResNet's 7x7 at 224 px 182 against 159 ms, AlexNet's
+11x11 at stride 4 93 against 263)."""
 
 
 def read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str | None, frozenset[str]]:
@@ -783,17 +785,17 @@ def choose(s: Shape, backend: str) -> Route:
       broadcast products (:data:`GREY_SUM_TAPS`), but undifferentiated onto a few maps im2col
       with its patches in two levels (LeNet-5's inference, whose max pool fused the sum into
       its strided views); a larger kernel onto a few maps im2col (:data:`GREY_STEM_OUT`);
-    * the input gradient of stems (:data:`STEM_IN`) at stride 1, which only attributions
-      compute: im2col (VGG's 224x224x3 -> 64 289 -> 65 ms).
+    * the input gradient of stems (:data:`STEM_IN`) at stride 1, which attributions and the
+      ST-CNN's classifier compute: im2col (VGG's 224x224x3 -> 64 289 -> 65 ms).
 
     Everything else stays with XLA, compiled by :func:`jit` to XLA's own (Eigen) convolution:
     the stems' other passes, the forward pass of strided convolutions onto larger maps,
     every pass of 3x3 and larger kernels at stride 1, and every kernel gradient but the ones
     above. Before :data:`CPU_COMPILER_OPTIONS`, with YNNPACK's convolution, three more
     kernel gradients took im2col (onto maps of 56x56 and more, of the stems, and without
-    AVX-512 of dense convolutions onto 64 channels or more); Eigen's beats im2col's on all of them (batch 32:
-    VGG-16's 56x56x256 725 against 1,018 ms, ResNet's 7x7 stem at 224 px 81 against 198,
-    GoogLeNet's 16x16x64 -> 192 12 against 17) and whole steps got faster without them
+    AVX-512 of dense convolutions onto 64 channels or more); Eigen's beats im2col's on all of
+    them (batch 32: VGG-16's 56x56x256 725 against 1,018 ms, ResNet's 7x7 stem at 224 px 81
+    against 198, GoogLeNet's 16x16x64 -> 192 12 against 17) and whole steps got faster without them
     (in-process A/B: ResNet-18 at 224 px 9.4 -> 10.6 images/s, ResNet-50 4.4 -> 4.6,
     ResNet-18 at 64 px 130 -> 142, Inception v3 at 75 px 91 -> 95, VGG-16 at 32 px 37 -> 40).
 
