@@ -833,16 +833,16 @@ def choose(s: Shape, backend: str) -> Route:
     covers = s.kh >= s.out_h and s.kw >= s.out_w
     if fits and covers and (s.kh > s.out_h or s.kw > s.out_w):
         return Route.all("im2col")
-    if s.in_channels <= STEM_IN and s.strides == (1, 1):
+    if s.in_channels <= STEM_IN:
+        if s.strides != (1, 1):  # XLA is the fastest on a strided stem's few channels
+            return XLA
         if s.in_channels == 1:
             few = s.out_channels <= GREY_STEM_OUT and fits
             if s.taps <= GREY_SUM_TAPS and s.out_channels <= GREY_SUM_OUT:
                 return Route("shifted", "im2col", "xla", "im2col" if few else None)
             if few:
                 return Route("im2col", "im2col", "xla")
-        return Route("xla", "im2col", "xla")  # STEM_INPUT_GRAD
-    if s.in_channels <= STEM_IN:  # a strided stem: XLA is the fastest on its few channels
-        return XLA
+        return Route("xla", "im2col", "xla")  # the input gradient: STEM_IN
     if fits and max(s.strides) > 1:
         return (Route.all("im2col") if s.out_h * s.out_w <= SMALL_STRIDED_MAP
                 else Route("xla", "im2col", "xla"))

@@ -363,7 +363,8 @@ SLOW_ON_CPU = {
                       conv.Route("im2col", "im2col", "xla")),
     "grey stem onto 32": ((32, 28, 28, 1), (5, 5, 1, 32), (1, 1), "VALID", 1,
                           conv.Route("xla", "im2col", "xla")),
-    # The input gradient of a stem at stride 1 (attributions compute it; training does not):
+    # The input gradient of a stem at stride 1 (attributions and the ST-CNN's classifier
+    # compute it; training on images does not):
     # a convolution onto the image's 1-3 channels, XLA 5-20 GFLOP/s, im2col (survey of
     # 2026-12-07, batch 32, ms) VGG's 224x224x3 -> 64 289 -> 65, NiN's 5x5 32x32x3 -> 192
     # 47.1 -> 7.3. Strided stems keep XLA's (above).
