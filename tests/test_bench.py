@@ -125,7 +125,9 @@ def test_latest_tables_the_last_isolated_row_of_each_network_and_size(tmp_path, 
             _recorded("resnet18", 32, 120.0, sweep="2026-12-06 19:42, AVX-512 machine, 0422d17"),
             _recorded("resnet18", 32, 150.0, sweep="one process", isolated=0),
             _recorded("resnet18", 64, 70.0, cpu="AMD EPYC, AVX2", sweep="2026-12-06, 6493c92"),
-            _recorded("lenet5", 32, 110.0, sweep="2026-12-07 05:31, AVX-512 machine, 2db4ac0")]
+            _recorded("lenet5", 32, 110.0, sweep="2026-12-07 05:31, AVX-512 machine, 2db4ac0"),
+            _recorded("resnet18", 64, 130.0, sweep="2026-12-07 15:24, AVX-512 machine, 502797e",
+                      isolated=4)]
     path = tmp_path / "bench.json"
     path.write_text(json.dumps({"rows": rows}))
     out = tmp_path / "table.md"
@@ -137,8 +139,12 @@ def test_latest_tables_the_last_isolated_row_of_each_network_and_size(tmp_path, 
         "| `lenet5` | 32 | 110 | 400 | 100 | 1.10x | 400 | 1.00x | 1.0 | 0.1 | — | — "
         "| 2026-12-07, 2db4ac0 |",
         "| `resnet18` | 32 | 120 | 400 | 100 | 1.20x | 400 | 1.00x | 1.0 | 0.1 | — | — "
-        "| 2026-12-06, 0422d17 |"]
+        "| 2026-12-06, 0422d17 |",
+        "| `resnet18` | 64 | 130 | 400 | 100 | 1.30x | 400 | 1.00x | 1.0 | 0.1 | — | — "
+        "| 2026-12-07, 502797e |"]
     assert "AVX-512" in table and "compare their ratios" in table
+    # A row timed with more rounds than the others says so.
+    assert "2 rounds in turn (--isolate; 4 rounds for resnet18 at 64 px)" in table
 
 
 def test_latest_says_what_a_file_lacks(tmp_path, capsys):

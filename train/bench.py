@@ -556,6 +556,17 @@ def latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                   key=lambda r: (order.get(r["arch"], len(order)), r["arch"], r["image_size"]))
 
 
+def _rounds(reports: list[dict[str, Any]]) -> str:
+    """How many rounds in turn the rows' frameworks were timed in: the most common count, and
+    the rows that took another (a row of ``--latest`` may come from a run with more)."""
+    counts = [r["isolated_rounds"] for r in reports if r.get("isolated_rounds")]
+    usual = max(set(counts), key=counts.count)
+    plural = lambda n: f"{n} round{'s' if n > 1 else ''}"  # noqa: E731
+    others = [f"{plural(r['isolated_rounds'])} for {r['arch']} at {r['image_size']} px"
+              for r in reports if r.get("isolated_rounds", usual) != usual]
+    return f"{plural(usual)} in turn (--isolate{'; ' if others else ''}{'; '.join(others)})"
+
+
 def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None = None,
              detail: bool = False, runs: bool = False) -> str:
     """The comparison as a Markdown table: images/s of each side and their ratios; ``detail``
@@ -608,8 +619,7 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
                   f"ratio = jaxcnn / the column before it (above 1: jaxcnn faster)"
                   + ("; 'xla conv': jaxcnn with XLA's convolution and max pooling everywhere "
                      "(JAXCNN_CONV=xla)" if policies else "")
-                  + (f"; each framework in its own processes, {first['isolated_rounds']} "
-                     f"round{'s' if first['isolated_rounds'] > 1 else ''} in turn (--isolate)"
+                  + (f"; each framework in its own processes, {_rounds(reports)}"
                      if first.get("isolated_rounds") else
                      "; the frameworks in one process, window by window in turn" if modes
                      else "") + "."]
