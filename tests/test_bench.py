@@ -147,6 +147,34 @@ def test_latest_tables_the_last_isolated_row_of_each_network_and_size(tmp_path, 
     assert "2 rounds in turn (--isolate; 4 rounds for resnet18 at 64 px)" in table
 
 
+def test_ratio_intervals_cover_what_resampling_the_windows_can_give():
+    """The interval printed after a ratio: the ratio of the sides' medians over windows drawn
+    again from each side's own. Steady windows give the ratio itself; windows that spread give
+    an interval inside the spread of their ratios, around the printed one."""
+    assert bench.ratio_interval([200.0] * 4, [100.0] * 6) == (2.0, 2.0)
+    ours, theirs = [90.0, 100.0, 110.0, 120.0, 130.0, 140.0], [100.0, 100.0, 105.0]
+    low, high = bench.ratio_interval(ours, theirs)
+    point = 115.0 / 100.0  # the medians: 115 and 100
+    assert 90 / 105 <= low < point < high <= 140 / 100
+    assert bench.ratio_interval(ours, theirs) == (low, high)  # the same table each time
+    assert bench.ratio_interval(ours, theirs, level=0.5)[1] <= high
+    assert bench.ratio_interval([100.0], theirs) is None
+
+
+def test_latest_prints_each_ratio_with_its_interval(tmp_path, capsys):
+    row = _recorded("resnet18", 64, 120.0, sweep="2026-12-07 15:24, AVX-512 machine, 502797e")
+    row["train"]["windows_images_per_sec"] = [110.0, 120.0, 130.0]
+    row["torch"]["eager"]["train"]["windows_images_per_sec"] = [95.0, 100.0, 105.0]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"rows": [row]}))
+    assert bench.main(["--latest", str(path)]) == 0
+    table = capsys.readouterr().out
+    low, high = bench.ratio_interval([110.0, 120.0, 130.0], [95.0, 100.0, 105.0])
+    assert f"| 1.20x ({low:.2f}-{high:.2f}) |" in table
+    assert "| 1.00x |" in table  # inference: no windows recorded, no interval
+    assert "90% bootstrap interval" in table
+
+
 def test_latest_says_what_a_file_lacks(tmp_path, capsys):
     path = tmp_path / "bench.json"
     path.write_text(json.dumps({"rows": [_recorded("lenet5", 32, 80.0, isolated=0)]}))

@@ -19,7 +19,7 @@ family at 32, 64 and 224 px, float32, batch 32, against PyTorch eager). ``--inpu
 adds the images/s of the TFDS input pipeline (JPEG decoding, random-resized crop and flip at
 224) on synthetic JPEGs of ImageNet's typical size. ``--latest FILE`` times nothing: it prints
 the table of the last row of each network and size recorded in ``FILE`` (README's CPU table,
-from docs/bench_cpu.json).
+from docs/bench_cpu.json), each ratio with its bootstrap interval over the timed windows.
 """
 
 from __future__ import annotations
@@ -531,8 +531,33 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{1 if digits == 0 and abs(value) < 10 else digits}f}"
 
 
-def _ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}x"
+def _ratio(value: float | None, interval: tuple[float, float] | None = None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f}x" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
+
+
+INTERVAL_LEVEL = 0.9
+"""The coverage of the ratios' intervals in ``--latest`` tables."""
+
+
+def ratio_interval(ours: list[float], theirs: list[float], level: float = INTERVAL_LEVEL,
+                   resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """The ``level`` bootstrap interval of ``median(ours) / median(theirs)``, the ratio the
+    tables print: each side's timed windows drawn again with replacement ``resamples`` times,
+    the interval between the percentiles of the resampled ratios (a fixed seed, so a table
+    prints the same each time). None where a side has fewer than two windows. On a host whose
+    speed moves between windows, it says which ratios the noise could put on either side of
+    1.00x."""
+    import numpy as np
+
+    if len(ours) < 2 or len(theirs) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    a = np.median(rng.choice(np.asarray(ours, float), (resamples, len(ours))), axis=1)
+    b = np.median(rng.choice(np.asarray(theirs, float), (resamples, len(theirs))), axis=1)
+    low, high = np.quantile(a / b, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 def _run(report: dict[str, Any]) -> str:
@@ -568,10 +593,11 @@ def _rounds(reports: list[dict[str, Any]]) -> str:
 
 
 def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None = None,
-             detail: bool = False, runs: bool = False) -> str:
+             detail: bool = False, runs: bool = False, intervals: bool = False) -> str:
     """The comparison as a Markdown table: images/s of each side and their ratios; ``detail``
     adds the train step's compile seconds and memory of each side, ``runs`` the day and
-    commit of the run each row comes from."""
+    commit of the run each row comes from, ``intervals`` each ratio against PyTorch its
+    :func:`ratio_interval`."""
     modes = sorted({m for r in reports for m in r.get("torch", {})},
                    key=("eager", "compile").index)
     policies = sorted({p for r in reports for p in r.get("conv", {})})
@@ -600,8 +626,11 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
         for mode in modes:
             side = r.get("torch", {}).get(mode, {})
             for part in ("train", "inference"):
+                interval = ratio_interval(
+                    r.get(part, {}).get("windows_images_per_sec", []),
+                    side.get(part, {}).get("windows_images_per_sec", [])) if intervals else None
                 row += [_fmt(side.get(part, {}).get("images_per_sec")),
-                        _ratio(r.get("ratios", {}).get(f"{part}_vs_torch_{mode}"))]
+                        _ratio(r.get("ratios", {}).get(f"{part}_vs_torch_{mode}"), interval)]
         if detail:
             row.append(_fmt(r["train"]["compile_s"], 1))
             row += [_fmt(r.get("torch", {}).get(m, {}).get("train", {}).get("compile_s"), 1)
@@ -626,6 +655,10 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
     errors = {f"{r['arch']} torch {m}: {side['error']}" for r in reports
               for m, side in r.get("torch", {}).items() if "error" in side}
     lines += sorted(errors)
+    if intervals:
+        lines.append(f"(a-b) after a ratio: its {INTERVAL_LEVEL:.0%} bootstrap interval over "
+                     "each side's timed windows (resampled 2,000 times): how far the host's "
+                     "noise moves it.")
     if detail:
         lines.append("compile s: the train step's first call. GiB: XLA's memory analysis of the "
                      "compiled train step; torch: the CUDA allocator's peak over the row.")
@@ -786,7 +819,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latest", metavar="FILE",
                         help="time nothing: the table of the last row of each network and size "
                              "in FILE (a JSON report or docs/bench_cpu.json) that timed each "
-                             "framework in its own processes, on the processor of its last row")
+                             "framework in its own processes, on the processor of its last row, "
+                             "each ratio with its 90%% interval over the timed windows")
     parser.add_argument("--output", help="also write the JSON report to this file")
     parser.add_argument("--markdown", help="also write the Markdown table to this file")
     args = parser.parse_args(argv)
@@ -809,7 +843,7 @@ def print_latest(path: str, markdown_path: str | None = None) -> int:
     try:
         with open(path) as f:
             rows = latest(json.load(f).get("rows", []))
-        table = markdown(rows, detail=True, runs=True) if rows else None
+        table = markdown(rows, detail=True, runs=True, intervals=True) if rows else None
     except KeyError as err:
         print(f"error: --latest {path}: a row lacks the field {err}; pass a JSON report "
               "written by --output.", file=sys.stderr)
