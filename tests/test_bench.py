@@ -143,6 +143,7 @@ def test_latest_tables_the_last_isolated_row_of_each_network_and_size(tmp_path, 
         "| `resnet18` | 64 | 130 | 400 | 100 | 1.30x | 400 | 1.00x | 1.0 | 0.1 | — | — "
         "| 2026-12-07, 502797e |"]
     assert "AVX-512" in table and "compare their ratios" in table
+    assert "bootstrap" not in table  # no row recorded its windows: no interval, no note
     # A row timed with more rounds than the others says so.
     assert "2 rounds in turn (--isolate; 4 rounds for resnet18 at 64 px)" in table
 

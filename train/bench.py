@@ -593,11 +593,11 @@ def _rounds(reports: list[dict[str, Any]]) -> str:
 
 
 def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None = None,
-             detail: bool = False, runs: bool = False, intervals: bool = False) -> str:
+             detail: bool = False, runs: bool = False, intervals: bool = True) -> str:
     """The comparison as a Markdown table: images/s of each side and their ratios; ``detail``
     adds the train step's compile seconds and memory of each side, ``runs`` the day and
-    commit of the run each row comes from, ``intervals`` each ratio against PyTorch its
-    :func:`ratio_interval`."""
+    commit of the run each row comes from; ``intervals`` gives each ratio against PyTorch
+    its :func:`ratio_interval` where both sides recorded their windows."""
     modes = sorted({m for r in reports for m in r.get("torch", {})},
                    key=("eager", "compile").index)
     policies = sorted({p for r in reports for p in r.get("conv", {})})
@@ -612,6 +612,7 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
     if runs:
         head.append("run")
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
+    shown = False
     for r in reports:
         if "train" not in r:
             lines.append(f"| `{r['arch']}` | {r['image_size']} | {r.get('error')} |")
@@ -629,6 +630,7 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
                 interval = ratio_interval(
                     r.get(part, {}).get("windows_images_per_sec", []),
                     side.get(part, {}).get("windows_images_per_sec", [])) if intervals else None
+                shown = shown or interval is not None
                 row += [_fmt(side.get(part, {}).get("images_per_sec")),
                         _ratio(r.get("ratios", {}).get(f"{part}_vs_torch_{mode}"), interval)]
         if detail:
@@ -655,7 +657,7 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
     errors = {f"{r['arch']} torch {m}: {side['error']}" for r in reports
               for m, side in r.get("torch", {}).items() if "error" in side}
     lines += sorted(errors)
-    if intervals:
+    if shown:
         lines.append(f"(a-b) after a ratio: its {INTERVAL_LEVEL:.0%} bootstrap interval over "
                      "each side's timed windows (resampled 2,000 times): how far the host's "
                      "noise moves it.")
@@ -843,7 +845,7 @@ def print_latest(path: str, markdown_path: str | None = None) -> int:
     try:
         with open(path) as f:
             rows = latest(json.load(f).get("rows", []))
-        table = markdown(rows, detail=True, runs=True, intervals=True) if rows else None
+        table = markdown(rows, detail=True, runs=True) if rows else None
     except KeyError as err:
         print(f"error: --latest {path}: a row lacks the field {err}; pass a JSON report "
               "written by --output.", file=sys.stderr)
