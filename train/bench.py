@@ -538,11 +538,15 @@ def _ratio(value: float | None, interval: tuple[float, float] | None = None) -> 
 
 
 INTERVAL_LEVEL = 0.9
-"""The coverage of the ratios' intervals in ``--latest`` tables."""
+"""The coverage of the interval the tables print after each ratio against PyTorch."""
+
+INTERVAL_RESAMPLES = 2000
+"""How many times :func:`ratio_interval` draws each side's windows again."""
 
 
 def ratio_interval(ours: list[float], theirs: list[float], level: float = INTERVAL_LEVEL,
-                   resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+                   resamples: int = INTERVAL_RESAMPLES,
+                   seed: int = 0) -> tuple[float, float] | None:
     """The ``level`` bootstrap interval of ``median(ours) / median(theirs)``, the ratio the
     tables print: each side's timed windows drawn again with replacement ``resamples`` times,
     the interval between the percentiles of the resampled ratios (a fixed seed, so a table
@@ -584,9 +588,11 @@ def latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _rounds(reports: list[dict[str, Any]]) -> str:
     """How many rounds in turn the rows' frameworks were timed in: the most common count, and
     the rows that took another (a row of ``--latest`` may come from a run with more)."""
+    def plural(n: int) -> str:
+        return f"{n} round{'s' if n > 1 else ''}"
+
     counts = [r["isolated_rounds"] for r in reports if r.get("isolated_rounds")]
     usual = max(set(counts), key=counts.count)
-    plural = lambda n: f"{n} round{'s' if n > 1 else ''}"  # noqa: E731
     others = [f"{plural(r['isolated_rounds'])} for {r['arch']} at {r['image_size']} px"
               for r in reports if r.get("isolated_rounds", usual) != usual]
     return f"{plural(usual)} in turn (--isolate{'; ' if others else ''}{'; '.join(others)})"
@@ -659,8 +665,8 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
     lines += sorted(errors)
     if shown:
         lines.append(f"(a-b) after a ratio: its {INTERVAL_LEVEL:.0%} bootstrap interval over "
-                     "each side's timed windows (resampled 2,000 times): how far the host's "
-                     "noise moves it.")
+                     f"each side's timed windows (resampled {INTERVAL_RESAMPLES:,} times): how "
+                     "far the host's noise moves it.")
     if detail:
         lines.append("compile s: the train step's first call. GiB: XLA's memory analysis of the "
                      "compiled train step; torch: the CUDA allocator's peak over the row.")
