@@ -599,11 +599,11 @@ def _rounds(reports: list[dict[str, Any]]) -> str:
 
 
 def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None = None,
-             detail: bool = False, runs: bool = False, intervals: bool = True) -> str:
-    """The comparison as a Markdown table: images/s of each side and their ratios; ``detail``
-    adds the train step's compile seconds and memory of each side, ``runs`` the day and
-    commit of the run each row comes from; ``intervals`` gives each ratio against PyTorch
-    its :func:`ratio_interval` where both sides recorded their windows."""
+             detail: bool = False, runs: bool = False) -> str:
+    """The comparison as a Markdown table: images/s of each side and their ratios, each ratio
+    against PyTorch with its :func:`ratio_interval` where both sides recorded their windows;
+    ``detail`` adds the train step's compile seconds and memory of each side, ``runs`` the day
+    and commit of the run each row comes from."""
     modes = sorted({m for r in reports for m in r.get("torch", {})},
                    key=("eager", "compile").index)
     policies = sorted({p for r in reports for p in r.get("conv", {})})
@@ -635,7 +635,7 @@ def markdown(reports: list[dict[str, Any]], *, pipeline: dict[str, Any] | None =
             for part in ("train", "inference"):
                 interval = ratio_interval(
                     r.get(part, {}).get("windows_images_per_sec", []),
-                    side.get(part, {}).get("windows_images_per_sec", [])) if intervals else None
+                    side.get(part, {}).get("windows_images_per_sec", []))
                 shown = shown or interval is not None
                 row += [_fmt(side.get(part, {}).get("images_per_sec")),
                         _ratio(r.get("ratios", {}).get(f"{part}_vs_torch_{mode}"), interval)]
