@@ -148,6 +148,14 @@ def test_latest_tables_the_last_isolated_row_of_each_network_and_size(tmp_path, 
     assert "2 rounds in turn (--isolate; 4 rounds for resnet18 at 64 px)" in table
 
 
+def test_rounds_note_names_the_rows_of_each_other_count_together():
+    rows = [{"arch": arch, "image_size": size, "isolated_rounds": n}
+            for arch, size, n in [("lenet5", 32, 4), ("alexnet", 63, 2), ("vgg16", 32, 2),
+                                  ("resnet18", 64, 4), ("resnet50", 32, 3)]]
+    assert bench._rounds(rows) == ("2 rounds in turn (--isolate; 3 rounds for resnet50 at 32 px; "
+                                   "4 rounds for lenet5 at 32 px and resnet18 at 64 px)")
+
+
 def test_ratio_intervals_cover_what_resampling_the_windows_can_give():
     """The interval printed after a ratio: the ratio of the sides' medians over windows drawn
     again from each side's own. Steady windows give the ratio itself; windows that spread give

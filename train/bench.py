@@ -593,8 +593,12 @@ def _rounds(reports: list[dict[str, Any]]) -> str:
 
     counts = [r["isolated_rounds"] for r in reports if r.get("isolated_rounds")]
     usual = max(set(counts), key=counts.count)
-    others = [f"{plural(r['isolated_rounds'])} for {r['arch']} at {r['image_size']} px"
-              for r in reports if r.get("isolated_rounds", usual) != usual]
+    rows_by_count: dict[int, list[str]] = {}
+    for r in reports:
+        if r.get("isolated_rounds", usual) != usual:
+            rows_by_count.setdefault(r["isolated_rounds"], []).append(
+                f"{r['arch']} at {r['image_size']} px")
+    others = [f"{plural(n)} for {' and '.join(rows)}" for n, rows in sorted(rows_by_count.items())]
     return f"{plural(usual)} in turn (--isolate{'; ' if others else ''}{'; '.join(others)})"
 
 
