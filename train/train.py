@@ -45,7 +45,8 @@ from train.objectives import Objective, Shown, cross_entropy, describe_objective
 from train.parallel import JitParallel, initialize_distributed, make_parallel
 from train.plan import Plan, resolve_config
 
-# CPUs cannot donate buffers; the warning says so on every compilation and means nothing here.
+# A donated buffer that no output can reuse draws this warning at every compilation; it costs
+# only that buffer's memory until the step ends.
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
