@@ -304,7 +304,7 @@ def _kept_switches(window: int, stride: int) -> bool:
     not overlap (2x2 at stride 2: LeNet, VGG, the MNIST networks). XLA's CPU fusion otherwise
     copied the taps' comparisons and the producer of that gradient (LeNet-5's: the sum of the
     25 shifted slices of its C3's input gradient) into the backward pass, run once for every
-    input pixel, fused with the ReLU's backward pass: 0.7-0.9 of LeNet-5's 2.7-4.0 ms train
+    input pixel, fused with the ReLU's backward pass: 0.7-0.9 ms of LeNet-5's 2.7-4.0-ms train
     step (profile, batch 32, AVX-512), 0.11 ms with both kept. ReLU, pooling and their
     gradients alone, taps kept (ms): 28x28x6 0.65-0.86 -> 0.34, 32x32x64 1.3-2.5 -> 0.78-1.14,
     16x16x128 1.4 -> 0.5-0.56. In-process A/B of train steps (2026-12-07, AVX-512, batch 32,
