@@ -298,23 +298,31 @@ def _pool_views(x: jax.Array, window: int, stride: int, pads: tuple[tuple[int, i
             for i in range(window) for j in range(window)]
 
 
-def _kept_switches(window: int, stride: int) -> bool:
+KEPT_SWITCH_CHANNELS = 50
+"""The most channels a max pool over windows that do not overlap may have for
+:func:`_kept_switches` to keep its switches: the widest pool of the networks it was measured
+faster on (Caffe's LeNet, 50)."""
+
+
+def _kept_switches(window: int, stride: int, channels: int) -> bool:
     """Whether max pooling stores its winning taps computed once (:func:`jaxcnn.conv.kept`,
     as float32) and its backward pass keeps the gradient it is handed: where the windows do
-    not overlap (2x2 at stride 2: LeNet, VGG, the MNIST networks). XLA's CPU fusion otherwise
-    copied the taps' comparisons and the producer of that gradient (LeNet-5's: the sum of the
-    25 shifted slices of its C3's input gradient) into the backward pass, run once for every
-    input pixel, fused with the ReLU's backward pass: 0.7-0.9 ms of LeNet-5's 2.7-4.0-ms train
-    step (profile, batch 32, AVX-512), 0.11 ms with both kept. ReLU, pooling and their
-    gradients alone, taps kept (ms): 28x28x6 0.65-0.86 -> 0.34, 32x32x64 1.3-2.5 -> 0.78-1.14,
-    16x16x128 1.4 -> 0.5-0.56. In-process A/B of train steps (2026-12-07, AVX-512, batch 32,
-    images/s, median of 7 windows): LeNet-5 8,630 -> 11,610 and 10,640 -> 12,360, Caffe's
-    LeNet 3,760 -> 5,150, the MNIST CNN 7,290 -> 9,900; VGG-16 at 32 and 64 px, VGG-16-BN at
-    32 and the ST-CNN level within the noise; their temporaries (XLA's memory analysis) LeNet-5
-    8 -> 4 MiB, Caffe's LeNet 21 -> 12. Inference programs are unchanged (they do not
-    differentiate). With overlapping 3x3 windows at stride 2 the kept taps were slower
-    (32x32x64: 3.4 -> 4.0 ms), and those keep the int8 ones."""
-    return window <= stride
+    not overlap (2x2 at stride 2) over at most :data:`KEPT_SWITCH_CHANNELS` maps (LeNet, the
+    MNIST networks). XLA's CPU fusion otherwise copied the taps' comparisons and the producer of
+    that gradient (LeNet-5's: the sum of the 25 shifted slices of its C3's input gradient) into
+    the backward pass, run once for every input pixel, fused with the ReLU's backward pass:
+    0.7-0.9 ms of LeNet-5's 2.7-4.0-ms train step (profile, batch 32, AVX-512), 0.11 ms with
+    both kept. ReLU, pooling and their gradients alone, taps kept (ms): 28x28x6 0.65-0.86 ->
+    0.34, 32x32x64 1.3-2.5 -> 0.78-1.14, 16x16x128 1.4 -> 0.5-0.56. In-process A/B of train
+    steps (2026-12-07, AVX-512, batch 32, images/s, median of 7 windows, huge pages as
+    ``train.*`` runs): LeNet-5 9,360 -> 11,470, Caffe's LeNet 3,390 -> 4,500 (with glibc's
+    default malloc: LeNet-5 8,630 -> 11,610 and 10,640 -> 12,360, Caffe's LeNet 3,760 -> 5,150,
+    the MNIST CNN 7,290 -> 9,900); their temporaries (XLA's memory analysis) LeNet-5 8 -> 4
+    MiB, Caffe's LeNet 21 -> 12. VGG's pools (64-512 maps) were level at 64 px but slower at
+    32 px with huge pages (52.2 -> 46.7 over 11 windows; level with the default malloc), and
+    keep the int8 taps, as do overlapping 3x3 windows, where kept taps were slower (32x32x64:
+    3.4 -> 4.0 ms). Inference programs are unchanged (they do not differentiate)."""
+    return window <= stride and channels <= KEPT_SWITCH_CHANNELS
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -333,14 +341,14 @@ def _windowed_max_fwd(x, window, stride, pads):
         wins = (view > best) | jnp.isnan(view)
         best = jnp.where(wins, view, best)
         tap = jnp.where(wins, jnp.int8(t), tap)
-    if _kept_switches(window, stride):
+    if _kept_switches(window, stride, x.shape[-1]):
         tap = conv.kept(tap.astype(jnp.float32))
     return best, (tap, x.shape)
 
 
 def _windowed_max_bwd(window, stride, pads, residuals, g):
     tap, shape = residuals
-    if _kept_switches(window, stride):
+    if _kept_switches(window, stride, g.shape[-1]):
         g = conv.kept(g)
     n, oh, ow, c = g.shape
     # Input row stride * a + r (padded coordinates) is tap row i = stride * q + r of output row
