@@ -683,6 +683,20 @@ gradient, level with im2col's or faster (ResNet's 7x7 at 224 px 182 against 159 
 11x11 at stride 4 93 against 263)."""
 
 
+SPREAD_INPUT_GRAD_TAPS = 25
+"""The fewest taps a strided depthwise convolution has for its input gradient to be the
+transpose of ``spread`` rather than of the shifted sum on the CPU. Survey of 2026-12-07
+(docs/conv_cpu.json, batch 32, AVX-512, ms, shifted -> spread): the 5x5 at stride 2 over
+56x56x288 119.0 -> 35.9, 56x56x72 29.2 -> 7.2, 14x14x1344 33.4 -> 10.1, 28x28x96 9.7 -> 1.2;
+the 3x3 the other way (56x56x144 2.4 -> 5.1, 28x28x480 5.3 -> 9.7), which keep the shifted
+sum's. In-process A/B of train steps (2026-12-07, AVX-512, batch 32, huge pages, images/s,
+median of the windows; the programs' temporaries unchanged): EfficientNet-B0 at 224 px 13.8 ->
+14.7 (5 windows; its inference, the same program on both sides, 86.7 -> 89.9: the noise), at
+64 px 209.6 -> 227.9 (15 windows) and 186.7 -> 190.8 (11); MobileNetV3-Large at 64 px 355.9 ->
+369.3 and 358.4 -> 375.1, at 224 px level (37.6 -> 37.0); MobileNetV3-Small at 64 px level
+(726.8 -> 701.4, its 5x5 over 4x4 maps)."""
+
+
 def read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str | None, frozenset[str]]:
     """The first processor's model name and feature flags (x86 ``flags``, Arm ``Features``)
     from ``path``; ``(None, frozenset())`` where there is no such file (macOS, Windows)."""
@@ -732,7 +746,10 @@ def choose(s: Shape, backend: str) -> Route:
       (16.5-38.4) -> 39.0 (37.9-39.6); at 64 px 465 -> 479, 274 -> 277, 404 -> 431, 383 ->
       399 (2026-12-05). Strided products over the whole input instead of its phases are
       four times the work (MobileNetV2 at 224 px: 29.7 images/s against the shifted sum's
-      36.9 in the same run);
+      36.9 in the same run). Strided with :data:`SPREAD_INPUT_GRAD_TAPS` taps or more
+      (EfficientNet's and MobileNetV3's 5x5), the input gradient as ``spread``'s transpose too,
+      each tap's share added into one phase of the input where the shifted sum's transpose
+      scatters every tap over the whole of it;
     * other grouped convolutions: XLA's grouped convolution is slow in every pass (its kernel
       gradient, a batch-grouped convolution, below 1 GFLOP/s), and the routes depend on the
       channels a group. With :data:`BROADCAST_GROUP_IN` or fewer (ResNeXt's first two
@@ -808,7 +825,9 @@ def choose(s: Shape, backend: str) -> Route:
     if backend != "cpu":
         return XLA
     if s.depthwise:
-        return Route("shifted", "flipped" if applies("flipped", s) else "shifted", "spread")
+        input_grad = ("flipped" if applies("flipped", s)
+                      else "spread" if s.taps >= SPREAD_INPUT_GRAD_TAPS else "shifted")
+        return Route("shifted", input_grad, "spread")
     fits = s.patch_bytes <= MAX_PATCH_BYTES
     if s.groups > 1:
         broadcast = s.group_in <= BROADCAST_GROUP_IN and s.batch_chunks is not None

@@ -318,6 +318,10 @@ SLOW_ON_CPU = {
                       conv.Route("shifted", "flipped", "spread")),
     "depthwise 3x3 s2": ((32, 16, 16, 96), (3, 3, 1, 96), (2, 2), ((1, 1), (1, 1)), 96,
                          conv.Route("shifted", "shifted", "spread")),
+    # A strided 5x5 (EfficientNet's) takes spread's input gradient as well (56x56x288:
+    # shifted 119.0 -> spread 35.9 ms; the strided 3x3 above: 2.4 against 5.1 over 56x56x144).
+    "depthwise 5x5 s2": ((32, 56, 56, 288), (5, 5, 1, 288), (2, 2), ((2, 2), (2, 2)), 288,
+                         conv.Route("shifted", "spread", "spread")),
     # Strided 3x3 onto larger maps: the input gradient (56x56x64 -> 128: 51 -> 35 ms under
     # conv.jit, 2026-12-04); its kernel gradient stays with XLA's Eigen convolution (36 ms,
     # im2col 46), as do those of the 3x3 onto 56x56 maps (VGG-16's 56x56x256: 725, im2col
