@@ -684,8 +684,9 @@ gradient, level with im2col's or faster (ResNet's 7x7 at 224 px 182 against 159 
 
 
 SPREAD_INPUT_GRAD_TAPS = 25
-"""The fewest taps a strided depthwise convolution has for its input gradient to be the
-transpose of ``spread`` rather than of the shifted sum on the CPU. Survey of 2026-12-07
+"""The fewest taps a depthwise convolution that the flipped sum does not take (every strided
+one: :func:`applies`) has for its input gradient to be the transpose of ``spread`` rather
+than of the shifted sum on the CPU. Survey of 2026-12-07
 (docs/conv_cpu.json, batch 32, AVX-512, ms, shifted -> spread): the 5x5 at stride 2 over
 56x56x288 119.0 -> 35.9, 56x56x72 29.2 -> 7.2, 14x14x1344 33.4 -> 10.1, 28x28x96 9.7 -> 1.2;
 the 3x3 the other way (56x56x144 2.4 -> 5.1, 28x28x480 5.3 -> 9.7), which keep the shifted
