@@ -9,6 +9,7 @@ patch, a full sort of the split, the completeness of integrated gradients (Sunda
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import flax.linen as nn
@@ -464,6 +465,11 @@ CAPTUM_CASES = {"alexnet": (63, "conv5", "features.10"),
                 "googlenet": (19, "inception4e", "inception4e"),
                 "mobilenet_v2": (19, "stage5_block3", "features.13"),
                 "seresnet50": (19, "stage3_block6", "layer3.5")}
+# Their 4096-wide dense layers in float64 take the time of these cases, not compiling: they run
+# with XLA's optimisation passes on (conftest.xla_optimized). 2-core AMD EPYC with AVX-512,
+# 2026-12-07, alone: VGG-16 100 -> 40 s, AlexNet 60 -> 12 s. The other cases' networks run at
+# 19 px and compile longer than they run: 88 s for the four unoptimised, 105 s optimised.
+CAPTUM_RUN_BOUND = frozenset({"alexnet", "vgg16"})
 CAPTUM_METHODS = ("saliency", "integrated_gradients", "guided_backprop", "deconvnet", "grad_cam",
                   "occlusion")
 
@@ -518,7 +524,8 @@ def test_attributions_match_captum(name):
     torch = pytest.importorskip("torch")
     captum_attr = pytest.importorskip("captum.attr")
     from jaxcnn import convert
-    from conftest import CALIBRATION_BATCH, NUM_CLASSES, random_images, torch_reference
+    from conftest import (CALIBRATION_BATCH, NUM_CLASSES, random_images, torch_reference,
+                          xla_optimized)
 
     size, layer, module = CAPTUM_CASES[name]
     conv = convert.converters_for(name)[0]
@@ -530,7 +537,8 @@ def test_attributions_match_captum(name):
 
     variables = convert.load_pretrained(name, state, input_shape=(1, size, size, 3),
                                         num_classes=NUM_CLASSES)
-    with jax.enable_x64(True):
+    optimized = xla_optimized() if name in CAPTUM_RUN_BOUND else contextlib.nullcontext()
+    with jax.enable_x64(True), optimized:
         model = jaxcnn.create_model(name, num_classes=NUM_CLASSES, dtype=jnp.float64)
         variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
         ours = vz.explain(model, variables, x, np.array(target), CAPTUM_METHODS, layer=layer,
