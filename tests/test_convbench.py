@@ -88,3 +88,49 @@ def test_resuming_one_class_keeps_the_others_in_the_survey(tmp_path, capsys):
     kept = json.loads(survey.read_text())["shapes"]
     assert sorted(r["class"] for r in kept) == ["5x5 9-16 s1 valid", "stem 5x5 17-32 s1 valid"]
     assert "5x5 9-16 s1 valid" in capsys.readouterr().out
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("key", [
+    # ResNet's 3x3 at stride 2 onto an 8x8 map; TensorFlow's SAME at stride 2 (asymmetric);
+    # a grouped 3x3 (ResNeXt); a grey 5x5 stem without padding (LeNet's C1).
+    convbench.ConvKey(8, 8, 6, 3, 3, 8, (2, 2), ((1, 1), (1, 1)), 1),
+    convbench.ConvKey(9, 9, 4, 3, 3, 6, (2, 2), ((0, 1), (0, 1)), 1),
+    convbench.ConvKey(5, 5, 8, 3, 3, 8, (1, 1), ((1, 1), (1, 1)), 4),
+    convbench.ConvKey(12, 12, 1, 5, 5, 6, (1, 1), ((0, 0), (0, 0)), 1),
+], ids=["strided", "same-asymmetric", "grouped", "grey-stem"])
+def test_torch_side_times_the_same_convolution_and_both_gradients(key):
+    import jax
+    import numpy as np
+
+    x, w, g = convbench.operands(key, batch=2)
+
+    def lax_conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, key.strides, key.pads,
+                                            dimension_numbers=conv.NHWC,
+                                            feature_group_count=key.groups)
+
+    want_y, vjp = jax.vjp(lax_conv, x, w)
+    want_dx, want_dw = vjp(g)
+    got = {p: fn().numpy() for p, fn in convbench.torch_passes(key, x, w, g).items()}
+    np.testing.assert_allclose(got["forward"].transpose(0, 2, 3, 1), want_y,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["input_grad"].transpose(0, 2, 3, 1), want_dx,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["kernel_grad"].transpose(2, 3, 1, 0), want_dw,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parity
+def test_compare_torch_times_the_routed_formulations_beside_pytorch(tmp_path):
+    out = tmp_path / "survey.json"
+    assert convbench.main(["--arch", "lenet5", "--sizes", "32", "--batch-size", "2",
+                           "--rounds", "1", "--compare", "torch", "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())["shapes"]
+    assert sorted(r["class"] for r in rows) == ["5x5 9-16 s1 valid", "stem 5x5 17-32 s1 valid"]
+    for r in rows:
+        key = convbench.ConvKey.from_dict(r["shape"])
+        assert sorted(r["formulations"]) == convbench.routed(key, batch=2)
+        assert all(r["torch"][f"{p}_ms"] > 0 for p in convbench.PASSES)
+    table = convbench.format_torch_table(convbench.summarise_torch(rows))
+    assert "| stem 5x5 17-32 s1 valid | 1 |" in table

@@ -141,18 +141,19 @@ def sample(keys: Iterable[ConvKey], per_class: int, batch: int = 32) -> list[Con
     return chosen
 
 
-def _timer(fn, args, rounds_s: float = 0.05):
+def _timer(fn, args, rounds_s: float = 0.05, sync: Any = jax.block_until_ready):
     """A callable returning one timing (seconds per call) of ``fn(*args)``: enough calls to
-    fill ``rounds_s``, so short convolutions are not lost in the call overhead."""
+    fill ``rounds_s``, so short convolutions are not lost in the call overhead. ``sync``
+    waits for a result (PyTorch's CPU calls return finished: pass ``lambda out: None``)."""
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    sync(fn(*args))
     calls = max(1, int(rounds_s / max(time.perf_counter() - start, 1e-6)))
 
     def once() -> float:
         begin = time.perf_counter()
         for _ in range(calls):
             out = fn(*args)
-        jax.block_until_ready(out)
+        sync(out)
         return (time.perf_counter() - begin) / calls
 
     return once
@@ -169,22 +170,35 @@ respect to its input and its kernel (each costs the forward's FLOPs). The first 
 network needs no input gradient."""
 
 
+def operands(key: ConvKey, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The input (NHWC), kernel (HWIO) and output gradient every timing of ``key`` uses."""
+    s = key.shape(batch)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, key.height, key.width, key.in_channels), np.float32)
+    w = (rng.standard_normal((key.kh, key.kw, s.group_in, key.out_channels), np.float32)
+         / np.float32(np.sqrt(s.taps * s.group_in)))
+    g = rng.standard_normal((batch, s.out_h, s.out_w, key.out_channels), np.float32)
+    return x, w, g
+
+
+def routed(key: ConvKey, batch: int = 32) -> list[str]:
+    """The formulations :func:`jaxcnn.conv.choose` picks on the CPU for the three passes."""
+    route = conv.choose(key.shape(batch), "cpu")
+    return sorted({getattr(route, p) for p in PASSES})
+
+
 def time_shape(key: ConvKey, batch: int = 32, rounds: int = 3,
                formulations: Iterable[str] = conv.FORMULATIONS) -> dict[str, Any]:
     """Seconds of each pass of ``key`` in every formulation that computes it (the best of
-    ``rounds`` interleaved rounds), their GFLOP/s, and their error against XLA's. Each is
-    compiled by :func:`jaxcnn.conv.jit`, as the networks' steps are: surveys before
-    2026-12-04 timed XLA's convolution as YNNPACK ran it (jax.jit's defaults)."""
+    ``rounds`` interleaved rounds), their GFLOP/s, and their error against XLA's (against
+    the first formulation where XLA's is not timed). Each is compiled by
+    :func:`jaxcnn.conv.jit`, as the networks' steps are: surveys before 2026-12-04 timed
+    XLA's convolution as YNNPACK ran it (jax.jit's defaults)."""
     s = key.shape(batch)
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((batch, key.height, key.width, key.in_channels)),
-                    jnp.float32)
-    w = jnp.asarray(rng.standard_normal((key.kh, key.kw, s.group_in, key.out_channels))
-                    / np.sqrt(s.taps * s.group_in), jnp.float32)
-    g = jnp.asarray(rng.standard_normal((batch, s.out_h, s.out_w, key.out_channels)),
-                    jnp.float32)
+    x, w, g = (jnp.asarray(a) for a in operands(key, batch))
     names = [f for f in formulations if conv.applies(f, s)
-             and not (f == "im2col" and s.taps > 1 and s.patch_bytes > MAX_PATCH_BYTES)]
+             and not (f == "im2col" and s.taps > 1 and s.patch_bytes > MAX_PATCH_BYTES
+                      and f not in routed(key, batch))]
     timers, results = {}, {}
     for name in names:
         impl = conv.implementation(name)
@@ -211,10 +225,101 @@ def time_shape(key: ConvKey, batch: int = 32, rounds: int = 3,
             seconds = best[(name, pass_)]
             entry[f"{pass_}_ms"] = 1e3 * seconds
             entry[f"{pass_}_gflops"] = s.flops / seconds / 1e9
-        entry["error"] = max(_relative_error(results[(name, p)], results[("xla", p)])
+        entry["error"] = max(_relative_error(results[(name, p)], results[(names[0], p)])
                              for p in PASSES)
         report["formulations"][name] = entry
     return report
+
+
+def torch_passes(key: ConvKey, x: np.ndarray, w: np.ndarray, g: np.ndarray
+                 ) -> dict[str, Any]:
+    """PyTorch's three passes of ``key`` on the operands of :func:`operands` (NHWC, HWIO),
+    as a PyTorch user's channels-last network runs them on the CPU (oneDNN): pass name ->
+    a callable of no arguments returning the pass's result (NCHW; the kernel gradient
+    OIHW). Asymmetric padding (TensorFlow's "SAME" at stride 2) is applied to the input
+    beforehand, and the input gradient is the padded input's, cropped."""
+    import torch
+
+    last = torch.channels_last
+    (top, bottom), (left, right) = key.pads
+    symmetric = top == bottom and left == right
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=last)
+    if not symmetric:
+        xt = torch.nn.functional.pad(xt, (left, right, top, bottom)).contiguous(
+            memory_format=last)
+    wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(memory_format=last)
+    gt = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous(memory_format=last)
+    padding = [top, left] if symmetric else [0, 0]
+    common = (list(key.strides), padding, [1, 1], False, [0, 0], key.groups)
+
+    def forward():
+        with torch.no_grad():
+            return torch.nn.functional.conv2d(xt, wt, None, key.strides, padding, 1,
+                                              key.groups)
+
+    def input_grad():
+        dx = torch.ops.aten.convolution_backward(gt, xt, wt, None, *common,
+                                                 [True, False, False])[0]
+        return dx if symmetric else dx[:, :, top:top + key.height, left:left + key.width]
+
+    def kernel_grad():
+        return torch.ops.aten.convolution_backward(gt, xt, wt, None, *common,
+                                                   [False, True, False])[1]
+
+    return {"forward": forward, "input_grad": input_grad, "kernel_grad": kernel_grad}
+
+
+def _torch_worker() -> int:
+    """``--torch-worker``: times PyTorch's passes of each shape asked for on stdin (one JSON
+    line: shape, batch, rounds) and answers on stdout (one JSON line of milliseconds), in a
+    process of its own so that neither framework's threads slow the other's."""
+    from train.bench_torch import set_threads
+
+    set_threads()
+    for line in sys.stdin:
+        ask = json.loads(line)
+        key = ConvKey.from_dict(ask["shape"])
+        passes = torch_passes(key, *operands(key, ask["batch"]))
+        timers = {p: _timer(fn, (), sync=lambda out: None) for p, fn in passes.items()}
+        best: dict[str, float] = {}
+        for _ in range(ask["rounds"]):
+            for pass_, timer in timers.items():
+                best[pass_] = min(best.get(pass_, float("inf")), timer())
+        print(json.dumps({f"{p}_ms": 1e3 * best[p] for p in PASSES}), flush=True)
+    return 0
+
+
+class TorchSide:
+    """A ``--torch-worker`` process: ``time(key, batch, rounds)`` -> PyTorch's ms and
+    GFLOP/s of each pass."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        from train.bench import child_env
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "train.convbench", "--torch-worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=child_env())
+
+    def time(self, key: ConvKey, batch: int, rounds: int) -> dict[str, float]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps({"shape": dataclasses.asdict(key), "batch": batch,
+                                          "rounds": rounds}) + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError("the PyTorch side (python -m train.convbench --torch-worker) "
+                               "stopped; its error is above. --compare torch needs the "
+                               "[parity] extra: pip install -e '.[parity]'.")
+        times = json.loads(answer)
+        flops = key.shape(batch).flops
+        return {**times, **{f"{p}_gflops": flops / times[f"{p}_ms"] / 1e6 for p in PASSES}}
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait()
 
 
 def _auto(row: dict[str, Any], pass_: str) -> str:
@@ -314,6 +419,61 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summarise_torch(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """For rows timed with ``--compare torch``: per class and pass, the FLOP-weighted GFLOP/s
+    of the formulation :func:`jaxcnn.conv.choose` picks and of PyTorch's; each framework's
+    typical forward throughput (as :func:`summarise`'s); which classes have a pass below
+    half of it, in jaxcnn and in PyTorch."""
+    rows = [r for r in rows if "torch" in r]
+
+    def typical(rate) -> float | None:
+        dense = [rate(r) for r in rows if r["gflop"] >= 0.1
+                 and not r["class"].startswith(("grouped", "depthwise"))]
+        return statistics.median(dense) if dense else None
+
+    ours = typical(lambda r: r["formulations"][_auto(r, "forward")]["forward_gflops"])
+    theirs = typical(lambda r: r["torch"]["forward_gflops"])
+    classes: dict[str, dict[str, Any]] = {}
+    for cls in sorted({r["class"] for r in rows}):
+        members = [r for r in rows if r["class"] == cls]
+        work = sum(r["gflop"] for r in members)
+        entry: dict[str, Any] = {"shapes": len(members)}
+        for pass_ in PASSES:
+            entry[f"{pass_}_auto"] = work / sum(
+                r["formulations"][_auto(r, pass_)][f"{pass_}_ms"] / 1e3 for r in members)
+            entry[f"{pass_}_torch"] = work / sum(r["torch"][f"{pass_}_ms"] / 1e3
+                                                 for r in members)
+        for side, level in (("auto", ours), ("torch", theirs)):
+            entry[f"slow_{side}"] = [p for p in PASSES if level is not None
+                                     and not cls.startswith("depthwise")
+                                     and entry[f"{p}_{side}"] < level / 2]
+        classes[cls] = entry
+    return {"typical_auto_forward_gflops": ours, "typical_torch_forward_gflops": theirs,
+            "classes": classes}
+
+
+def format_torch_table(summary: dict[str, Any]) -> str:
+    """:func:`summarise_torch` as a Markdown table: GFLOP/s jaxcnn / PyTorch per pass."""
+    def level(value: float | None) -> str:
+        return "unknown" if value is None else f"{value:.1f} GFLOP/s"
+
+    lines = [f"Typical forward throughput (median, dense convolutions >= 0.1 GFLOP): jaxcnn "
+             f"{level(summary['typical_auto_forward_gflops'])}, PyTorch "
+             f"{level(summary['typical_torch_forward_gflops'])}. GFLOP/s per pass, jaxcnn.conv's "
+             "choice / PyTorch (ratio); below half of its framework's typical: slow passes "
+             "(f forward, x input grad, w kernel grad).", "",
+             "| class | shapes | forward | input grad | kernel grad | slow: jaxcnn / PyTorch |",
+             "|---|---:|---:|---:|---:|---|"]
+    short = {"forward": "f", "input_grad": "x", "kernel_grad": "w"}
+    for cls, e in summary["classes"].items():
+        cells = [f"{e[f'{p}_auto']:.1f} / {e[f'{p}_torch']:.1f} "
+                 f"({e[f'{p}_auto'] / e[f'{p}_torch']:.2f}x)" for p in PASSES]
+        slow = " / ".join("".join(short[p] for p in e[f"slow_{side}"]) or "-"
+                          for side in ("auto", "torch"))
+        lines.append(f"| {cls} | {e['shapes']} | " + " | ".join(cells) + f" | {slow} |")
+    return "\n".join(lines)
+
+
 def _shape_id(shape: dict[str, Any]) -> str:
     """A survey row's shape (a :class:`ConvKey` as a dict) as a key that JSON round-trips."""
     return json.dumps(shape, sort_keys=True)
@@ -355,10 +515,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="reuse the shapes and timings already in --output (those outside "
                              "--class are kept)")
+    parser.add_argument("--compare", choices=["torch"],
+                        help="time PyTorch's convolution (channels-last, oneDNN) beside the "
+                             "formulations jaxcnn.conv picks, in a process of its own; needs "
+                             "the [parity] extra")
+    parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--summary-only", action="store_true",
                         help="time nothing: summarise the shapes already in --output with "
                              "today's routing")
     args = parser.parse_args(argv)
+    if args.torch_worker:
+        return _torch_worker()
     if args.summary_only:
         if not (args.output and os.path.exists(args.output)):
             print(f"error: --summary-only reads the survey in --output; {args.output!r} "
@@ -369,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"Surveyed on {survey.get('cpu', 'an unnamed CPU')}, {survey.get('cpu_count')} "
               f"cores, jax {survey.get('jax')}: {len(survey['shapes'])} shapes.\n")
-        print(format_table(summarise(survey["shapes"])))
+        print(_tables(survey["shapes"]))
         return 0
 
     names = sorted({n for pattern in args.arch for n in jaxcnn.list_models(pattern)})
@@ -406,19 +573,41 @@ def main(argv: list[str] | None = None) -> int:
               "batch": args.batch_size, "sizes": args.sizes,
               "collected": [[dataclasses.asdict(k), nets] for k, nets in found.items()]}
     rows = []
-    for key in tqdm(keys, desc="timing shapes"):
-        row = done.get(_shape_id(dataclasses.asdict(key)))
-        if row is None:
-            row = time_shape(key, args.batch_size, args.rounds)
-            row["networks"] = sorted(set(found[key]))
-        rows.append(row)
-        if args.output:
-            write_json_atomic(args.output, {**report, "shapes": rows + others})
-    summary = summarise(rows + others)
-    print(format_table(summary))
+    torch_side = TorchSide() if args.compare else None
+    try:
+        for key in tqdm(keys, desc="timing shapes"):
+            row = done.get(_shape_id(dataclasses.asdict(key)))
+            if row is None or (torch_side and "torch" not in row):
+                # Compared with PyTorch, only the formulations jaxcnn runs are timed: XLA's
+                # own takes 30 s a call on some shapes it is routed away from.
+                row = time_shape(key, args.batch_size, args.rounds,
+                                 routed(key, args.batch_size) if torch_side
+                                 else conv.FORMULATIONS)
+                if torch_side:
+                    row["torch"] = torch_side.time(key, args.batch_size, args.rounds)
+                row["networks"] = sorted(set(found[key]))
+            rows.append(row)
+            if args.output:
+                write_json_atomic(args.output, {**report, "shapes": rows + others})
+    finally:
+        if torch_side:
+            torch_side.close()
+    print(_tables(rows + others))
     if args.output:
+        summary = (summarise_torch if args.compare else summarise)(rows + others)
         write_json_atomic(args.output, {**report, "summary": summary, "shapes": rows + others})
     return 0
+
+
+def _tables(rows: list[dict[str, Any]]) -> str:
+    """The summary of a survey (against XLA's convolution where every formulation was
+    timed) and, where PyTorch was timed, the comparison with it."""
+    tables = []
+    if all("xla" in r["formulations"] for r in rows):
+        tables.append(format_table(summarise(rows)))
+    if any("torch" in r for r in rows):
+        tables.append(format_torch_table(summarise_torch(rows)))
+    return "\n\n".join(tables)
 
 
 if __name__ == "__main__":
