@@ -273,6 +273,8 @@ def _torch_worker() -> int:
     """``--torch-worker``: times PyTorch's passes of each shape asked for on stdin (one JSON
     line: shape, batch, rounds) and answers on stdout (one JSON line of milliseconds), in a
     process of its own so that neither framework's threads slow the other's."""
+    import torch
+
     from train.bench_torch import set_threads
 
     set_threads()
@@ -285,13 +287,14 @@ def _torch_worker() -> int:
         for _ in range(ask["rounds"]):
             for pass_, timer in timers.items():
                 best[pass_] = min(best.get(pass_, float("inf")), timer())
-        print(json.dumps({f"{p}_ms": 1e3 * best[p] for p in PASSES}), flush=True)
+        print(json.dumps({"version": torch.__version__,
+                          **{f"{p}_ms": 1e3 * best[p] for p in PASSES}}), flush=True)
     return 0
 
 
 class TorchSide:
     """A ``--torch-worker`` process: ``time(key, batch, rounds)`` -> PyTorch's ms and
-    GFLOP/s of each pass."""
+    GFLOP/s of each pass, and its version."""
 
     def __init__(self) -> None:
         import subprocess
