@@ -134,3 +134,17 @@ def test_compare_torch_times_the_routed_formulations_beside_pytorch(tmp_path):
         assert all(r["torch"][f"{p}_ms"] > 0 for p in convbench.PASSES)
     table = convbench.format_torch_table(convbench.summarise_torch(rows))
     assert "| stem 5x5 17-32 s1 valid | 1 |" in table
+
+
+def test_compare_torch_without_torch_says_how_to_install_it(monkeypatch, capsys):
+    import importlib.util
+
+    from train import bench
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    assert convbench.main(["--arch", "lenet5", "--compare", "torch"]) == 2
+    assert "pip install -e '.[parity]'" in capsys.readouterr().err
+    assert bench.main(["--arch", "lenet5", "--compare", "torch"]) == 2
+    assert "pip install -e '.[parity]'" in capsys.readouterr().err

@@ -880,6 +880,12 @@ def main(argv: list[str] | None = None) -> int:
         return print_latest(args.latest, args.markdown)
     if args.threads:
         restrict_cores(args.threads)
+    if args.compare and not args.side:
+        from train.bench_torch import missing
+
+        if missing():
+            print(f"error: {missing()}", file=sys.stderr)
+            return 2
     if args.compare or args.suite:
         # Two frameworks share the accelerator: XLA must not take most of its memory up front.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

@@ -23,6 +23,16 @@ from train.timing import Runner, usable_cores
 MODES = ("eager", "compile")
 
 
+def missing() -> str | None:
+    """Why ``--compare torch`` cannot run here (PyTorch is not installed), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return ("--compare torch needs PyTorch, which is not installed here: "
+                "pip install -e '.[parity]' (torch and torchvision, pinned).")
+    return None
+
+
 class NoReference(LookupError):
     """The variant has no PyTorch network to compare with."""
 

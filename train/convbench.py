@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 
 import jaxcnn  # noqa: E402
 from jaxcnn import conv  # noqa: E402
+from train import bench_torch  # noqa: E402
 from train.bench import sweep_rows  # noqa: E402
 from train.timing import cpu_description  # noqa: E402
 
@@ -275,9 +276,7 @@ def _torch_worker() -> int:
     process of its own so that neither framework's threads slow the other's."""
     import torch
 
-    from train.bench_torch import set_threads
-
-    set_threads()
+    bench_torch.set_threads()
     for line in sys.stdin:
         ask = json.loads(line)
         key = ConvKey.from_dict(ask["shape"])
@@ -542,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_tables(survey["shapes"]))
         return 0
 
+    if args.compare and bench_torch.missing():
+        print(f"error: {bench_torch.missing()}", file=sys.stderr)
+        return 2
     names = sorted({n for pattern in args.arch for n in jaxcnn.list_models(pattern)})
     if not names:
         print(f"error: no network matches {' '.join(args.arch)}; see jaxcnn.list_models().",
