@@ -148,3 +148,28 @@ def test_compare_torch_without_torch_says_how_to_install_it(monkeypatch, capsys)
     assert "pip install -e '.[parity]'" in capsys.readouterr().err
     assert bench.main(["--arch", "lenet5", "--compare", "torch"]) == 2
     assert "pip install -e '.[parity]'" in capsys.readouterr().err
+
+
+def test_plot_draws_the_comparison_and_refuses_a_survey_without_pytorch(tmp_path, capsys):
+    def timed(gflops):  # 1 GFLOP at this rate, every pass
+        return {k: v for p in convbench.PASSES
+                for k, v in ((f"{p}_ms", 1e3 / gflops), (f"{p}_gflops", gflops))}
+
+    def row(cls, key, ours, theirs):
+        return {"class": cls, "gflop": 1.0, "batch": 32, "shape": dataclasses.asdict(key),
+                "formulations": {"xla": timed(ours)}, "torch": timed(theirs)}
+
+    dense = convbench.ConvKey(8, 8, 16, 3, 3, 16, (1, 1), ((1, 1), (1, 1)), 1)
+    stem = convbench.ConvKey(224, 224, 3, 3, 3, 32, (2, 2), ((0, 1), (0, 1)), 1)
+    survey = tmp_path / "survey.json"
+    survey.write_text(json.dumps({"shapes": [row("3x3 5-8 s1 pad", dense, 200, 100),
+                                             row("stem 3x3 >64 s2 pad", stem, 30, 100)]}))
+    png = tmp_path / "compare.png"
+    assert convbench.main(["--summary-only", "--output", str(survey), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plain = json.loads(survey.read_text())
+    for r in plain["shapes"]:
+        del r["torch"]
+    survey.write_text(json.dumps(plain))
+    assert convbench.main(["--summary-only", "--output", str(survey), "--plot", str(png)]) == 2
+    assert "run with --compare torch" in capsys.readouterr().err

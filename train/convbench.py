@@ -476,6 +476,61 @@ def format_torch_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _kind(cls: str) -> str:
+    """The kind of convolution a class name starts with: stem, grouped, depthwise, 1x1, or
+    dense (a spatial kernel onto 5 channels or more)."""
+    first = cls.split()[0]
+    return first if first in ("stem", "grouped", "depthwise", "1x1") else "dense"
+
+
+LABELLED = 4
+"""Classes named in each panel of :func:`plot_torch`: the furthest behind PyTorch."""
+
+
+def plot_torch(summary: dict[str, Any], path: str) -> None:
+    """:func:`summarise_torch` drawn: one panel per pass, each class a point at PyTorch's
+    GFLOP/s (x) and jaxcnn's (y), log scales, the diagonal where they are level and the lines
+    where one is twice the other; the :data:`LABELLED` classes furthest behind are named."""
+    # A Figure of its own, without pyplot, so that the caller's backend stays as it is.
+    from matplotlib.figure import Figure
+
+    kinds = ["dense", "1x1", "stem", "grouped", "depthwise"]
+    colours = dict(zip(kinds, ["tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple"]))
+    classes = summary["classes"]
+    values = [e[f"{p}_{side}"] for e in classes.values() for p in PASSES
+              for side in ("auto", "torch")]
+    low, high = min(values) / 1.5, max(values) * 1.5
+    fig = Figure(figsize=(16, 5.8), constrained_layout=True)
+    axes = fig.subplots(1, 3)
+    for ax, pass_ in zip(axes, PASSES):
+        ax.plot([low, high], [low, high], color="black", linewidth=0.8)
+        for factor in (0.5, 2):
+            ax.plot([low, high], [low * factor, high * factor], color="grey", linewidth=0.6,
+                    linestyle="--")
+        for cls, e in classes.items():
+            ax.scatter(e[f"{pass_}_torch"], e[f"{pass_}_auto"], s=12 + 6 * e["shapes"],
+                       color=colours[_kind(cls)], alpha=0.7, edgecolors="black",
+                       linewidths=0.3)
+        behind = sorted(classes, key=lambda c: classes[c][f"{pass_}_auto"]
+                        / classes[c][f"{pass_}_torch"])[:LABELLED]
+        for i, cls in enumerate(behind):  # stacked in the empty corner, with arrows
+            e = classes[cls]
+            ax.annotate(cls, (e[f"{pass_}_torch"], e[f"{pass_}_auto"]), fontsize=6,
+                        xytext=(0.5, 0.04 + 0.045 * i), textcoords="axes fraction",
+                        arrowprops={"arrowstyle": "-", "linewidth": 0.4, "color": "grey"})
+        ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high),
+               title=pass_.replace("_", " "), xlabel="PyTorch (oneDNN), GFLOP/s",
+               ylabel="jaxcnn.conv's choice, GFLOP/s")
+        ax.grid(True, alpha=0.3, which="both")
+    for kind in kinds:
+        axes[0].scatter([], [], color=colours[kind], label=kind, s=30)
+    axes[0].legend(fontsize=8, loc="upper left", title="shape class (dashed: 2x apart)",
+                   title_fontsize=8)
+    fig.suptitle("Every convolution shape class of the zoo, batch 32, float32: jaxcnn against "
+                 "PyTorch on the same passes (above the diagonal: jaxcnn faster)")
+    fig.savefig(path, dpi=90)
+
+
 def _shape_id(shape: dict[str, Any]) -> str:
     """A survey row's shape (a :class:`ConvKey` as a dict) as a key that JSON round-trips."""
     return json.dumps(shape, sort_keys=True)
@@ -521,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="time PyTorch's convolution (channels-last, oneDNN) beside the "
                              "formulations jaxcnn.conv picks, in a process of its own; needs "
                              "the [parity] extra")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="with --compare torch (or --summary-only of its JSON): draw each "
+                             "class's GFLOP/s, jaxcnn against PyTorch, into this PNG")
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--summary-only", action="store_true",
                         help="time nothing: summarise the shapes already in --output with "
@@ -539,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Surveyed on {survey.get('cpu', 'an unnamed CPU')}, {survey.get('cpu_count')} "
               f"cores, jax {survey.get('jax')}: {len(survey['shapes'])} shapes.\n")
         print(_tables(survey["shapes"]))
-        return 0
+        return _plot(survey["shapes"], args.plot)
 
     if args.compare and bench_torch.missing():
         print(f"error: {bench_torch.missing()}", file=sys.stderr)
@@ -601,6 +659,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         summary = (summarise_torch if args.compare else summarise)(rows + others)
         write_json_atomic(args.output, {**report, "summary": summary, "shapes": rows + others})
+    return _plot(rows + others, args.plot)
+
+
+def _plot(rows: list[dict[str, Any]], path: str | None) -> int:
+    """--plot: the comparison with PyTorch drawn into ``path``; 2 where nothing was timed
+    against PyTorch."""
+    if not path:
+        return 0
+    if not any("torch" in r for r in rows):
+        print("error: --plot draws the comparison with PyTorch; run with --compare torch "
+              "(or --summary-only of a survey that ran with it).", file=sys.stderr)
+        return 2
+    plot_torch(summarise_torch(rows), path)
+    print(f"plot: {path}")
     return 0
 
 
