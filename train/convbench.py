@@ -332,21 +332,45 @@ def _auto(row: dict[str, Any], pass_: str) -> str:
     return name if name in row["formulations"] else "xla"
 
 
+def _typical(rows: list[dict[str, Any]], forward_gflops: Any) -> float | None:
+    """The median of ``forward_gflops(row)`` over the dense (ungrouped) convolutions of 0.1
+    GFLOP or more: a framework's typical throughput; None where there is none."""
+    dense = [forward_gflops(r) for r in rows
+             if r["gflop"] >= 0.1 and not r["class"].startswith(("grouped", "depthwise"))]
+    return statistics.median(dense) if dense else None
+
+
+def _by_class(rows: list[dict[str, Any]]) -> Iterable[tuple[str, list[dict[str, Any]]]]:
+    """Each class of the rows, in order, with its rows."""
+    for cls in sorted({r["class"] for r in rows}):
+        yield cls, [r for r in rows if r["class"] == cls]
+
+
+def _rate(members: list[dict[str, Any]], pass_: str, timing: Any) -> float:
+    """The FLOP-weighted GFLOP/s of ``pass_`` over the members, each timed by
+    ``timing(row)`` (a dict of ``<pass>_ms``)."""
+    return sum(r["gflop"] for r in members) / sum(timing(r)[f"{pass_}_ms"] / 1e3
+                                                   for r in members)
+
+
+def _slow(cls: str, entry: dict[str, Any], which: str, typical: float | None) -> list[str]:
+    """The passes of the class's ``<pass>_<which>`` rates below half of ``typical``
+    (depthwise convolutions are memory-bound everywhere, and never counted)."""
+    return [p for p in PASSES if typical is not None and not cls.startswith("depthwise")
+            and entry[f"{p}_{which}"] < typical / 2]
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per class and pass, the FLOP-weighted GFLOP/s of XLA, of the best formulation of each
     shape and of the one :func:`jaxcnn.conv.choose` picks today (so a survey's figures show
     a change of the routing without timing again); XLA's typical throughput."""
-    dense = [r["formulations"]["xla"]["forward_gflops"] for r in rows
-             if r["gflop"] >= 0.1 and not r["class"].startswith(("grouped", "depthwise"))]
-    typical = statistics.median(dense) if dense else None
+    typical = _typical(rows, lambda r: r["formulations"]["xla"]["forward_gflops"])
     classes: dict[str, dict[str, Any]] = {}
-    for cls in sorted({r["class"] for r in rows}):
-        members = [r for r in rows if r["class"] == cls]
-        work = sum(r["gflop"] for r in members)
+    for cls, members in _by_class(rows):
         entry: dict[str, Any] = {"shapes": len(members)}
         for pass_ in PASSES:
             def rate(pick, pass_=pass_) -> float:
-                return work / sum(pick(r)[f"{pass_}_ms"] / 1e3 for r in members)
+                return _rate(members, pass_, pick)
 
             entry[f"{pass_}_xla"] = rate(lambda r: r["formulations"]["xla"])
             entry[f"{pass_}_auto"] = rate(lambda r, p=pass_: r["formulations"][_auto(r, p)])
@@ -355,11 +379,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             entry[f"{pass_}_fastest"] = collections.Counter(
                 min(r["formulations"], key=lambda f, r=r, p=pass_: r["formulations"][f][f"{p}_ms"])
                 for r in members).most_common()
-        def below_half(which: str) -> bool:
-            return typical is not None and not cls.startswith("depthwise") and min(
-                entry[f"{p}_{which}"] for p in PASSES) < typical / 2
-
-        entry["slow"], entry["slow_routed"] = below_half("xla"), below_half("auto")
+        entry["slow"] = bool(_slow(cls, entry, "xla", typical))
+        entry["slow_routed"] = bool(_slow(cls, entry, "auto", typical))
         classes[cls] = entry
     return {"typical_xla_forward_gflops": typical, "classes": classes, **_routing_check(rows)}
 
@@ -427,28 +448,17 @@ def summarise_torch(rows: list[dict[str, Any]]) -> dict[str, Any]:
     typical forward throughput (as :func:`summarise`'s); which classes have a pass below
     half of it, in jaxcnn and in PyTorch."""
     rows = [r for r in rows if "torch" in r]
-
-    def typical(rate) -> float | None:
-        dense = [rate(r) for r in rows if r["gflop"] >= 0.1
-                 and not r["class"].startswith(("grouped", "depthwise"))]
-        return statistics.median(dense) if dense else None
-
-    ours = typical(lambda r: r["formulations"][_auto(r, "forward")]["forward_gflops"])
-    theirs = typical(lambda r: r["torch"]["forward_gflops"])
+    ours = _typical(rows, lambda r: r["formulations"][_auto(r, "forward")]["forward_gflops"])
+    theirs = _typical(rows, lambda r: r["torch"]["forward_gflops"])
     classes: dict[str, dict[str, Any]] = {}
-    for cls in sorted({r["class"] for r in rows}):
-        members = [r for r in rows if r["class"] == cls]
-        work = sum(r["gflop"] for r in members)
+    for cls, members in _by_class(rows):
         entry: dict[str, Any] = {"shapes": len(members)}
         for pass_ in PASSES:
-            entry[f"{pass_}_auto"] = work / sum(
-                r["formulations"][_auto(r, pass_)][f"{pass_}_ms"] / 1e3 for r in members)
-            entry[f"{pass_}_torch"] = work / sum(r["torch"][f"{pass_}_ms"] / 1e3
-                                                 for r in members)
+            entry[f"{pass_}_auto"] = _rate(members, pass_,
+                                           lambda r, p=pass_: r["formulations"][_auto(r, p)])
+            entry[f"{pass_}_torch"] = _rate(members, pass_, lambda r: r["torch"])
         for side, level in (("auto", ours), ("torch", theirs)):
-            entry[f"slow_{side}"] = [p for p in PASSES if level is not None
-                                     and not cls.startswith("depthwise")
-                                     and entry[f"{p}_{side}"] < level / 2]
+            entry[f"slow_{side}"] = _slow(cls, entry, side, level)
         classes[cls] = entry
     return {"typical_auto_forward_gflops": ours, "typical_torch_forward_gflops": theirs,
             "classes": classes}
