@@ -173,3 +173,6 @@ def test_plot_draws_the_comparison_and_refuses_a_survey_without_pytorch(tmp_path
     survey.write_text(json.dumps(plain))
     assert convbench.main(["--summary-only", "--output", str(survey), "--plot", str(png)]) == 2
     assert "run with --compare torch" in capsys.readouterr().err
+    # Asked to time a survey it could not draw, it says so before timing anything.
+    assert convbench.main(["--arch", "lenet5", "--plot", str(png)]) == 2
+    assert "run with --compare torch" in capsys.readouterr().err

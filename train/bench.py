@@ -883,8 +883,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare and not args.side:
         from train.bench_torch import missing
 
-        if missing():
-            print(f"error: {missing()}", file=sys.stderr)
+        why = missing()
+        if why:
+            print(f"error: {why}", file=sys.stderr)
             return 2
     if args.compare or args.suite:
         # Two frameworks share the accelerator: XLA must not take most of its memory up front.

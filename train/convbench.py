@@ -609,8 +609,12 @@ def main(argv: list[str] | None = None) -> int:
         print(_tables(survey["shapes"]))
         return _plot(survey["shapes"], args.plot)
 
-    if args.compare and bench_torch.missing():
-        print(f"error: {bench_torch.missing()}", file=sys.stderr)
+    if args.plot and not args.compare:  # say so before the survey, not after its minutes
+        print(f"error: {PLOT_NEEDS_TORCH}", file=sys.stderr)
+        return 2
+    why = bench_torch.missing() if args.compare else None
+    if why:
+        print(f"error: {why}", file=sys.stderr)
         return 2
     names = sorted({n for pattern in args.arch for n in jaxcnn.list_models(pattern)})
     if not names:
@@ -672,14 +676,17 @@ def main(argv: list[str] | None = None) -> int:
     return _plot(rows + others, args.plot)
 
 
+PLOT_NEEDS_TORCH = ("--plot draws the comparison with PyTorch; run with --compare torch (or "
+                    "--summary-only of a survey that ran with it).")
+
+
 def _plot(rows: list[dict[str, Any]], path: str | None) -> int:
     """--plot: the comparison with PyTorch drawn into ``path``; 2 where nothing was timed
     against PyTorch."""
     if not path:
         return 0
     if not any("torch" in r for r in rows):
-        print("error: --plot draws the comparison with PyTorch; run with --compare torch "
-              "(or --summary-only of a survey that ran with it).", file=sys.stderr)
+        print(f"error: {PLOT_NEEDS_TORCH}", file=sys.stderr)
         return 2
     plot_torch(summarise_torch(rows), path)
     print(f"plot: {path}")
